@@ -1,1 +1,13 @@
-fn main() {}
+//! The `orgloop` binary.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use orgloop::cli::{self, Cli, Command};
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Start(args) => cli::start::run(args),
+        Command::Validate(args) => cli::validate::run(args),
+    }
+}

@@ -1,0 +1,236 @@
+//! The YAML files of a module as written, field for field (the upstream schema plus `plugins:`).
+//! Unknown fields are refused, so that a typo is an error instead of a silently ignored setting.
+//! Checked, resolved form: [`super::spec`].
+
+use serde::Deserialize;
+use serde_json::Value as Json;
+
+/// `orgloop.yaml`, kind `Project`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Project {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: Metadata,
+    #[serde(default)]
+    pub defaults: Defaults,
+    #[serde(default)]
+    pub connectors: Vec<String>,
+    #[serde(default)]
+    pub transforms: Vec<String>,
+    #[serde(default)]
+    pub loggers: Vec<String>,
+    #[serde(default)]
+    pub plugins: Vec<PluginRef>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// `defaults:`. Upstream's `event_retention`, `log_level` and `checkpoint` are accepted for
+/// compatibility.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Defaults {
+    pub poll_interval: Option<String>,
+    pub drain_timeout: Option<String>,
+    pub event_retention: Option<Json>,
+    pub log_level: Option<String>,
+    pub checkpoint: Option<Json>,
+}
+
+/// One entry of `plugins:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginRef {
+    pub name: String,
+    /// The built library, relative to `orgloop.yaml`.
+    pub path: String,
+    /// A semver requirement on the plugin's version, e.g. `^0.1`.
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+/// `connectors/*.yaml`, kind `ConnectorGroup`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConnectorGroup {
+    pub api_version: Option<String>,
+    pub kind: Option<String>,
+    pub metadata: Option<Metadata>,
+    #[serde(default)]
+    pub sources: Vec<SourceDef>,
+    #[serde(default)]
+    pub actors: Vec<ActorDef>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceDef {
+    pub id: String,
+    pub connector: String,
+    #[serde(default)]
+    pub config: Option<Json>,
+    #[serde(default)]
+    pub poll: Option<Poll>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub labels: Option<Json>,
+    #[serde(default)]
+    pub emits: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Poll {
+    pub interval: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActorDef {
+    pub id: String,
+    pub connector: String,
+    #[serde(default)]
+    pub config: Option<Json>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub labels: Option<Json>,
+}
+
+/// `transforms/*.yaml`, kind `TransformGroup`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TransformGroup {
+    pub api_version: Option<String>,
+    pub kind: Option<String>,
+    pub metadata: Option<Metadata>,
+    #[serde(default)]
+    pub transforms: Vec<TransformDef>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransformDef {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub symbol: Option<String>,
+    #[serde(default)]
+    pub script: Option<String>,
+    #[serde(default)]
+    pub package: Option<String>,
+    #[serde(default)]
+    pub config: Option<Json>,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub on_error: Option<OnError>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// What a route does when a transform fails.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// Go on with the event as it was (fail-open). The default, as upstream.
+    #[default]
+    Pass,
+    /// Drop the event for this route.
+    Drop,
+    /// Stop this route for this event and report an error.
+    Halt,
+}
+
+/// `routes/*.yaml`, kind `RouteGroup`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RouteGroup {
+    pub api_version: Option<String>,
+    pub kind: Option<String>,
+    pub metadata: Option<Metadata>,
+    #[serde(default)]
+    pub routes: Vec<RouteDef>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteDef {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    pub when: When,
+    #[serde(default)]
+    pub transforms: Vec<RouteTransform>,
+    pub then: Then,
+    #[serde(default, rename = "with")]
+    pub with: Option<With>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct When {
+    pub source: String,
+    pub events: Vec<String>,
+    #[serde(default)]
+    pub filter: Option<serde_json::Map<String, Json>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteTransform {
+    #[serde(rename = "ref")]
+    pub name: String,
+    #[serde(default)]
+    pub config: Option<Json>,
+    #[serde(default)]
+    pub on_error: Option<OnError>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Then {
+    pub actor: String,
+    #[serde(default)]
+    pub config: Option<serde_json::Map<String, Json>>,
+    /// Upstream declares retry, rate and breaker settings here but implements none; accepted.
+    #[serde(default)]
+    pub delivery: Option<Json>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct With {
+    pub prompt_file: Option<String>,
+}
+
+/// `loggers/*.yaml`, kind `LoggerGroup`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LoggerGroup {
+    pub api_version: Option<String>,
+    pub kind: Option<String>,
+    pub metadata: Option<Metadata>,
+    #[serde(default)]
+    pub loggers: Vec<LoggerDef>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggerDef {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub config: Option<Json>,
+}

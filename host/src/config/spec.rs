@@ -1,0 +1,164 @@
+//! [`ModuleSpec`]: a module's configuration after validation — every reference resolved, every
+//! path absolute, every duration parsed. What the engine builds a generation from.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use orgloop_plugin_sdk::EventType;
+use serde_json::{Map, Value as Json};
+
+use super::raw::OnError;
+use super::yaml::Pos;
+use super::ConfigError;
+
+/// Where an item was declared, so that errors found later (while loading plugins, building
+/// objects) still point at the right line.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Origin {
+    pub file: PathBuf,
+    pub pos: Option<Pos>,
+    pub field: String,
+}
+
+impl Origin {
+    /// An error about this item.
+    pub fn error(&self, message: impl Into<String>) -> ConfigError {
+        ConfigError::new(self.file.clone(), self.pos, self.field.clone(), message)
+    }
+
+    /// An error about one of this item's fields.
+    pub fn error_at(
+        &self,
+        field: &str,
+        pos: Option<Pos>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError::new(
+            self.file.clone(),
+            pos.or(self.pos),
+            format!("{}.{field}", self.field),
+            message,
+        )
+    }
+}
+
+/// A whole module.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModuleSpec {
+    pub name: String,
+    pub dir: PathBuf,
+    pub description: Option<String>,
+    pub plugins: Vec<PluginSpec>,
+    pub sources: Vec<SourceSpec>,
+    pub actors: Vec<ActorSpec>,
+    pub transforms: Vec<TransformSpec>,
+    pub routes: Vec<RouteSpec>,
+    pub loggers: Vec<LoggerSpec>,
+    /// How long in-flight deliveries of an old generation may run on after a reload.
+    pub drain_timeout: Duration,
+}
+
+/// A plugin library the module uses.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PluginSpec {
+    pub name: String,
+    /// Absolute path of the built library (the user's file; the daemon loads a private copy).
+    pub path: PathBuf,
+    pub version: Option<semver::VersionReq>,
+    pub origin: Origin,
+}
+
+/// `plugin::symbol`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SymbolRef {
+    pub plugin: String,
+    pub symbol: String,
+}
+
+impl std::fmt::Display for SymbolRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}::{}", self.plugin, self.symbol)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SourceSpec {
+    pub id: String,
+    pub kind: SourceKind,
+    pub origin: Origin,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum SourceKind {
+    /// The built-in webhook source: `POST /webhook/<id>`.
+    Webhook(WebhookConfig),
+    /// A plugin source, polled every `interval`.
+    Plugin {
+        symbol: SymbolRef,
+        config: Json,
+        interval: Duration,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct WebhookConfig {
+    /// HMAC-SHA256 secret; when set, `x-hub-signature-256` (or `x-signature`) must match.
+    pub secret: Option<String>,
+    /// Body field whose value becomes `provenance.platform_event`.
+    pub event_type_field: Option<String>,
+    /// Largest accepted body.
+    pub max_body_bytes: usize,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ActorSpec {
+    pub id: String,
+    pub symbol: SymbolRef,
+    pub config: Json,
+    pub origin: Origin,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TransformSpec {
+    pub name: String,
+    pub symbol: SymbolRef,
+    pub config: Json,
+    pub on_error: Option<OnError>,
+    pub origin: Origin,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RouteSpec {
+    pub name: String,
+    pub source: String,
+    pub events: Vec<EventType>,
+    /// Dot path → value, all of which must be strictly equal.
+    pub filter: Vec<(String, Json)>,
+    pub transforms: Vec<RouteTransformSpec>,
+    pub actor: String,
+    pub config: Map<String, Json>,
+    pub prompt_file: Option<PathBuf>,
+    pub origin: Origin,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RouteTransformSpec {
+    pub name: String,
+    /// The route's own policy; falls back to the transform's, then to `pass`.
+    pub on_error: Option<OnError>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoggerSpec {
+    pub name: String,
+    pub kind: LoggerKind,
+    pub level: tracing::Level,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum LoggerKind {
+    /// Human-readable lines on stderr.
+    Console { show_payload: bool },
+    /// JSON lines appended to a file.
+    File { path: PathBuf },
+}

@@ -1,0 +1,563 @@
+//! Raw model → [`ModuleSpec`]: resolves every reference between files (route → source, transform,
+//! actor; connector → plugin) and reports each problem with its position and a suggestion.
+//! Checks that need the plugin libraries themselves (symbols, ABI, versions, constructors) happen
+//! when a generation is staged.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use orgloop_plugin_sdk::EventType;
+use serde_json::Value as Json;
+
+use super::duration::parse_duration;
+use super::error::did_you_mean;
+use super::load::{Parsed, RawModule};
+use super::spec::*;
+use super::{raw, ConfigError};
+
+/// Default body limit of a webhook source.
+pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
+const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
+const DEFAULT_POLL: Duration = Duration::from_secs(300);
+
+/// Upstream's package names for the built-in webhook source.
+const WEBHOOK_CONNECTORS: [&str; 2] = ["webhook", "@orgloop/connector-webhook"];
+
+struct Checker<'a> {
+    raw: &'a RawModule,
+    errors: Vec<ConfigError>,
+}
+
+/// Validates a module read by [`super::load::read_module`].
+pub fn validate(raw: &RawModule) -> Result<ModuleSpec, Vec<ConfigError>> {
+    let mut c = Checker {
+        raw,
+        errors: Vec::new(),
+    };
+    let project = &raw.project;
+    let name = project.value.metadata.name.clone().unwrap_or_else(|| {
+        raw.dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    });
+    if !valid_name(&name) {
+        c.errors.push(project.error(
+            "metadata.name",
+            format!("module name {name:?} must be 1-64 letters, digits, '-', '_' or '.'"),
+        ));
+    }
+    let drain_timeout = c.duration(
+        project,
+        "defaults.drain_timeout",
+        project.value.defaults.drain_timeout.as_deref(),
+        DEFAULT_DRAIN,
+    );
+    let poll_default = c.duration(
+        project,
+        "defaults.poll_interval",
+        project.value.defaults.poll_interval.as_deref(),
+        DEFAULT_POLL,
+    );
+
+    let plugins = c.plugins();
+    let plugin_names: Vec<&str> = plugins.iter().map(|p| p.name.as_str()).collect();
+    let (sources, actors) = c.connectors(&plugin_names, poll_default);
+    let transforms = c.transforms(&plugin_names);
+    let loggers = c.loggers();
+    let routes = c.routes(&sources, &actors, &transforms);
+
+    if !c.errors.is_empty() {
+        return Err(c.errors);
+    }
+    Ok(ModuleSpec {
+        name,
+        dir: raw.dir.clone(),
+        description: project.value.metadata.description.clone(),
+        plugins,
+        sources,
+        actors,
+        transforms,
+        routes,
+        loggers,
+        drain_timeout,
+    })
+}
+
+fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+/// Flags the second and later uses of each name.
+fn check_unique<'n>(
+    seen: &mut HashMap<&'n str, String>,
+    name: &'n str,
+    kind: &str,
+    here: &Origin,
+    errors: &mut Vec<ConfigError>,
+) {
+    if let Some(first) = seen.get(name) {
+        errors.push(here.error(format!(
+            "duplicate {kind} {name:?} (first defined at {first})"
+        )));
+    } else {
+        let at = match here.pos {
+            Some(p) => format!("{}:{}", here.file.display(), p.line),
+            None => here.file.display().to_string(),
+        };
+        seen.insert(name, at);
+    }
+}
+
+impl Checker<'_> {
+    fn duration<T>(
+        &mut self,
+        file: &Parsed<T>,
+        field: &str,
+        text: Option<&str>,
+        default: Duration,
+    ) -> Duration {
+        match text.map(parse_duration) {
+            None => default,
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
+                self.errors.push(file.error(field, e));
+                default
+            }
+        }
+    }
+
+    fn plugins(&mut self) -> Vec<PluginSpec> {
+        let project = &self.raw.project;
+        let mut seen = HashMap::new();
+        let mut out = Vec::new();
+        for (i, p) in project.value.plugins.iter().enumerate() {
+            let origin = project.origin(format!("plugins[{i}]"));
+            check_unique(&mut seen, &p.name, "plugin", &origin, &mut self.errors);
+            if p.name.is_empty() || p.name.contains("::") {
+                self.errors.push(origin.error_at(
+                    "name",
+                    project.doc.pos(&format!("plugins[{i}].name")),
+                    "a plugin name is a non-empty word without \"::\"",
+                ));
+            }
+            let path = self.raw.dir.join(&p.path);
+            if !path.is_file() {
+                let field = format!("plugins[{i}].path");
+                self.errors.push(project.error(
+                    &field,
+                    format!(
+                        "plugin file {} does not exist (build the plugin first)",
+                        path.display()
+                    ),
+                ));
+            }
+            let version = match p.version.as_deref().map(semver::VersionReq::parse) {
+                None => None,
+                Some(Ok(v)) => Some(v),
+                Some(Err(e)) => {
+                    self.errors.push(project.error(
+                        &format!("plugins[{i}].version"),
+                        format!("not a semver requirement: {e} (expected e.g. \"^0.1\")"),
+                    ));
+                    None
+                }
+            };
+            out.push(PluginSpec {
+                name: p.name.clone(),
+                path,
+                version,
+                origin,
+            });
+        }
+        out
+    }
+
+    /// Parses `plugin::symbol`, checking the plugin is declared.
+    fn symbol(
+        &mut self,
+        text: &str,
+        plugins: &[&str],
+        origin: &Origin,
+        field: &str,
+        pos: Option<super::yaml::Pos>,
+    ) -> Option<SymbolRef> {
+        let Some((plugin, symbol)) = text.split_once("::") else {
+            self.errors.push(origin.error_at(
+                field,
+                pos,
+                format!("expected \"<plugin>::<symbol>\", found {text:?}"),
+            ));
+            return None;
+        };
+        if !plugins.contains(&plugin) {
+            let hint = did_you_mean(plugin, plugins.iter().copied());
+            let known = if plugins.is_empty() {
+                " (orgloop.yaml lists no plugins:)".to_owned()
+            } else {
+                hint
+            };
+            self.errors.push(origin.error_at(
+                field,
+                pos,
+                format!("unknown plugin \"{plugin}\"{known}"),
+            ));
+            return None;
+        }
+        Some(SymbolRef {
+            plugin: plugin.to_owned(),
+            symbol: symbol.to_owned(),
+        })
+    }
+
+    fn connectors(
+        &mut self,
+        plugins: &[&str],
+        poll_default: Duration,
+    ) -> (Vec<SourceSpec>, Vec<ActorSpec>) {
+        let raw = self.raw;
+        let (mut sources, mut actors) = (Vec::new(), Vec::new());
+        let (mut seen_s, mut seen_a) = (HashMap::new(), HashMap::new());
+        for group in &raw.connectors {
+            for (i, s) in group.value.sources.iter().enumerate() {
+                let origin = group.origin(format!("sources[{i}]"));
+                check_unique(&mut seen_s, &s.id, "source id", &origin, &mut self.errors);
+                let cpos = group.doc.pos(&format!("sources[{i}].connector"));
+                let config = s
+                    .config
+                    .clone()
+                    .unwrap_or_else(|| Json::Object(Default::default()));
+                let kind = if WEBHOOK_CONNECTORS.contains(&s.connector.as_str()) {
+                    self.webhook_config(group, i, &config)
+                        .map(SourceKind::Webhook)
+                } else if s.connector.contains("::") {
+                    let interval = match &s.poll {
+                        Some(p) => self.duration(
+                            group,
+                            &format!("sources[{i}].poll.interval"),
+                            Some(&p.interval),
+                            poll_default,
+                        ),
+                        None => poll_default,
+                    };
+                    self.symbol(&s.connector, plugins, &origin, "connector", cpos)
+                        .map(|symbol| SourceKind::Plugin {
+                            symbol,
+                            config,
+                            interval,
+                        })
+                } else {
+                    self.errors.push(origin.error_at(
+                        "connector",
+                        cpos,
+                        foreign_connector(&s.connector),
+                    ));
+                    None
+                };
+                if let Some(kind) = kind {
+                    sources.push(SourceSpec {
+                        id: s.id.clone(),
+                        kind,
+                        origin,
+                    });
+                }
+            }
+            for (i, a) in group.value.actors.iter().enumerate() {
+                let origin = group.origin(format!("actors[{i}]"));
+                check_unique(&mut seen_a, &a.id, "actor id", &origin, &mut self.errors);
+                let cpos = group.doc.pos(&format!("actors[{i}].connector"));
+                if !a.connector.contains("::") {
+                    self.errors.push(origin.error_at(
+                        "connector",
+                        cpos,
+                        foreign_connector(&a.connector),
+                    ));
+                    continue;
+                }
+                if let Some(symbol) = self.symbol(&a.connector, plugins, &origin, "connector", cpos)
+                {
+                    let config = a
+                        .config
+                        .clone()
+                        .unwrap_or_else(|| Json::Object(Default::default()));
+                    actors.push(ActorSpec {
+                        id: a.id.clone(),
+                        symbol,
+                        config,
+                        origin,
+                    });
+                }
+            }
+        }
+        (sources, actors)
+    }
+
+    fn webhook_config(
+        &mut self,
+        group: &Parsed<raw::ConnectorGroup>,
+        i: usize,
+        config: &Json,
+    ) -> Option<WebhookConfig> {
+        let mut cfg = WebhookConfig {
+            secret: None,
+            event_type_field: None,
+            max_body_bytes: DEFAULT_MAX_BODY,
+        };
+        let Some(map) = config.as_object() else {
+            self.errors
+                .push(group.error(&format!("sources[{i}].config"), "expected a map"));
+            return None;
+        };
+        for (k, v) in map {
+            let field = format!("sources[{i}].config.{k}");
+            match (k.as_str(), v) {
+                ("secret", Json::String(s)) => cfg.secret = Some(s.clone()),
+                ("event_type_field", Json::String(s)) => cfg.event_type_field = Some(s.clone()),
+                ("max_body_bytes", v) if v.as_u64().is_some() => {
+                    cfg.max_body_bytes = v.as_u64().unwrap_or_default() as usize
+                }
+                // Upstream keys with no meaning here: the path is always /webhook/<id>.
+                ("path" | "buffer_dir" | "max_buffer_size", _) => {}
+                ("secret" | "event_type_field", _) => {
+                    self.errors.push(group.error(&field, "expected a string"))
+                }
+                ("max_body_bytes", _) => self
+                    .errors
+                    .push(group.error(&field, "expected a number of bytes")),
+                (other, _) => {
+                    let hint = did_you_mean(
+                        other,
+                        ["secret", "event_type_field", "max_body_bytes", "path"],
+                    );
+                    self.errors.push(
+                        group.error(&field, format!("unknown webhook setting \"{other}\"{hint}")),
+                    );
+                }
+            }
+        }
+        Some(cfg)
+    }
+
+    fn transforms(&mut self, plugins: &[&str]) -> Vec<TransformSpec> {
+        let mut out = Vec::new();
+        let mut seen = HashMap::new();
+        for group in &self.raw.transforms {
+            for (i, t) in group.value.transforms.iter().enumerate() {
+                let origin = group.origin(format!("transforms[{i}]"));
+                check_unique(&mut seen, &t.name, "transform", &origin, &mut self.errors);
+                let tpos = group.doc.pos(&format!("transforms[{i}].type"));
+                match (t.kind.as_str(), &t.symbol) {
+                    ("plugin", Some(symbol)) => {
+                        let spos = group.doc.pos(&format!("transforms[{i}].symbol"));
+                        if let Some(symbol) = self.symbol(symbol, plugins, &origin, "symbol", spos) {
+                            let config = t.config.clone().unwrap_or_else(|| Json::Object(Default::default()));
+                            out.push(TransformSpec { name: t.name.clone(), symbol, config, on_error: t.on_error, origin });
+                        }
+                    }
+                    ("plugin", None) => self.errors.push(origin.error("type: plugin needs symbol: <plugin>::<transform>")),
+                    ("package", _) => self.errors.push(origin.error_at(
+                        "type",
+                        tpos,
+                        format!(
+                            "npm package transforms ({}) are not loaded by orgloop; use type: plugin with e.g. symbol: filters::filter",
+                            t.package.as_deref().unwrap_or("no package")
+                        ),
+                    )),
+                    ("script", _) => self.errors.push(origin.error_at("type", tpos, "script transforms are not supported yet; write a plugin transform")),
+                    (other, _) => self.errors.push(origin.error_at("type", tpos, format!("unknown transform type {other:?}; expected \"plugin\""))),
+                }
+            }
+        }
+        out
+    }
+
+    fn loggers(&mut self) -> Vec<LoggerSpec> {
+        let mut out = Vec::new();
+        let mut seen = HashMap::new();
+        for group in &self.raw.loggers {
+            for (i, l) in group.value.loggers.iter().enumerate() {
+                let origin = group.origin(format!("loggers[{i}]"));
+                check_unique(&mut seen, &l.name, "logger", &origin, &mut self.errors);
+                let config = l
+                    .config
+                    .clone()
+                    .unwrap_or_else(|| Json::Object(Default::default()));
+                let level = match config.get("level").and_then(Json::as_str).unwrap_or("info") {
+                    "trace" => tracing::Level::TRACE,
+                    "debug" => tracing::Level::DEBUG,
+                    "info" => tracing::Level::INFO,
+                    "warn" => tracing::Level::WARN,
+                    "error" => tracing::Level::ERROR,
+                    other => {
+                        self.errors.push(group.error(
+                            &format!("loggers[{i}].config.level"),
+                            format!("unknown level {other:?}; expected debug, info, warn or error"),
+                        ));
+                        tracing::Level::INFO
+                    }
+                };
+                let kind = match l.kind.as_str() {
+                    "console" | "@orgloop/logger-console" => LoggerKind::Console {
+                        show_payload: config
+                            .get("show_payload")
+                            .and_then(Json::as_bool)
+                            .unwrap_or(false),
+                    },
+                    "file" | "@orgloop/logger-file" => {
+                        let path = config
+                            .get("path")
+                            .and_then(Json::as_str)
+                            .unwrap_or("~/.orgloop/logs/orgloop.log");
+                        LoggerKind::File {
+                            path: expand_path(&self.raw.dir, path),
+                        }
+                    }
+                    other => {
+                        self.errors.push(group.error(
+                            &format!("loggers[{i}].type"),
+                            format!(
+                                "unknown logger type {other:?}; expected \"console\" or \"file\"{}",
+                                did_you_mean(other, ["console", "file"])
+                            ),
+                        ));
+                        continue;
+                    }
+                };
+                out.push(LoggerSpec {
+                    name: l.name.clone(),
+                    kind,
+                    level,
+                });
+            }
+        }
+        out
+    }
+
+    fn routes(
+        &mut self,
+        sources: &[SourceSpec],
+        actors: &[ActorSpec],
+        transforms: &[TransformSpec],
+    ) -> Vec<RouteSpec> {
+        let source_ids: Vec<&str> = sources.iter().map(|s| s.id.as_str()).collect();
+        let actor_ids: Vec<&str> = actors.iter().map(|a| a.id.as_str()).collect();
+        let transform_names: HashSet<&str> = transforms.iter().map(|t| t.name.as_str()).collect();
+        let mut out = Vec::new();
+        let mut seen = HashMap::new();
+        for group in &self.raw.routes {
+            for (i, r) in group.value.routes.iter().enumerate() {
+                let at = |f: &str| format!("routes[{i}].{f}");
+                let origin = group.origin(format!("routes[{i}]"));
+                check_unique(&mut seen, &r.name, "route", &origin, &mut self.errors);
+                if !source_ids.contains(&r.when.source.as_str()) {
+                    let hint = did_you_mean(&r.when.source, source_ids.iter().copied());
+                    self.errors.push(group.error(
+                        &at("when.source"),
+                        format!("unknown source \"{}\"{hint}", r.when.source),
+                    ));
+                }
+                let mut events = Vec::new();
+                for (j, e) in r.when.events.iter().enumerate() {
+                    match EventType::parse(e) {
+                        Some(t) => events.push(t),
+                        None => {
+                            let hint = did_you_mean(e, EventType::ALL.iter().map(|t| t.as_str()));
+                            self.errors.push(group.error(
+                                &at(&format!("when.events[{j}]")),
+                                format!("unknown event type \"{e}\"{hint}"),
+                            ));
+                        }
+                    }
+                }
+                if r.when.events.is_empty() {
+                    self.errors
+                        .push(group.error(&at("when.events"), "list at least one event type"));
+                }
+                let mut route_transforms = Vec::new();
+                for (j, t) in r.transforms.iter().enumerate() {
+                    if !transform_names.contains(t.name.as_str()) {
+                        let hint = did_you_mean(&t.name, transform_names.iter().copied());
+                        self.errors.push(group.error(
+                            &at(&format!("transforms[{j}].ref")),
+                            format!("unknown transform \"{}\"{hint}", t.name),
+                        ));
+                    }
+                    if t.config.is_some() {
+                        self.errors.push(group.error(
+                            &at(&format!("transforms[{j}].config")),
+                            "per-route transform config is not supported (upstream ignores it too); set config on the transform definition",
+                        ));
+                    }
+                    route_transforms.push(RouteTransformSpec {
+                        name: t.name.clone(),
+                        on_error: t.on_error,
+                    });
+                }
+                if !actor_ids.contains(&r.then.actor.as_str()) {
+                    let hint = did_you_mean(&r.then.actor, actor_ids.iter().copied());
+                    self.errors.push(group.error(
+                        &at("then.actor"),
+                        format!("unknown actor \"{}\"{hint}", r.then.actor),
+                    ));
+                }
+                let prompt_file = r
+                    .with
+                    .as_ref()
+                    .and_then(|w| w.prompt_file.as_deref())
+                    .map(|p| {
+                        let path = self
+                            .raw
+                            .dir
+                            .join(group.rel.parent().unwrap_or(Path::new("")))
+                            .join(p);
+                        if !path.is_file() {
+                            self.errors.push(group.error(
+                                &at("with.prompt_file"),
+                                format!("SOP file {} does not exist", path.display()),
+                            ));
+                        }
+                        path
+                    });
+                out.push(RouteSpec {
+                    name: r.name.clone(),
+                    source: r.when.source.clone(),
+                    events,
+                    filter: r
+                        .when
+                        .filter
+                        .clone()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .collect(),
+                    transforms: route_transforms,
+                    actor: r.then.actor.clone(),
+                    config: r.then.config.clone().unwrap_or_default(),
+                    prompt_file,
+                    origin,
+                });
+            }
+        }
+        out
+    }
+}
+
+fn foreign_connector(name: &str) -> String {
+    format!(
+        "connector {name:?} is not a plugin symbol; write \"<plugin>::<symbol>\" (e.g. \"http::webhook\") with the plugin listed under plugins: in orgloop.yaml, or \"webhook\" for the built-in webhook source"
+    )
+}
+
+/// `~/x` → home, relative → module directory.
+fn expand_path(dir: &Path, p: &str) -> PathBuf {
+    match p.strip_prefix("~/") {
+        Some(rest) => std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_default()
+            .join(rest),
+        None => dir.join(p),
+    }
+}

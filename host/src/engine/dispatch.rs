@@ -1,0 +1,105 @@
+//! Dispatch: one event through one generation — match routes (fan-out to every match, in file
+//! order), run each route's transforms in order under its `on_error` policy, and hand the result
+//! to the route's actor. Synchronous up to the hand-off: no lock, no copy of the config, no
+//! blocking call; the delivery itself runs as its own task.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use orgloop_plugin_sdk::{Event, TransformCtx, Verdict};
+
+use crate::config::raw::OnError;
+use crate::module::Generation;
+
+use super::deliver::deliver;
+use super::log::{Detail, Phase};
+use super::route::Route;
+
+/// Routes `event` through `generation`.
+pub fn dispatch(generation: &Arc<Generation>, event: Event) {
+    let log = &generation.loggers;
+    log.log(Phase::SourceEmit, &event, Detail::default());
+    let mut matched = false;
+    for &i in generation.routes_for(event.source()) {
+        let route = &generation.routes[i];
+        if !route.matches(&event) {
+            continue;
+        }
+        matched = true;
+        route.stats.fired();
+        log.log(
+            Phase::RouteMatch,
+            &event,
+            Detail {
+                route: Some(&route.spec.name),
+                target: Some(&route.spec.actor),
+                ..Default::default()
+            },
+        );
+        if let Some(out) = run_transforms(generation, route, &event) {
+            deliver(generation.clone(), i, out.into_owned());
+        }
+    }
+    if !matched {
+        log.log(Phase::RouteNoMatch, &event, Detail::default());
+    }
+}
+
+/// Runs a route's transforms. `None` when the event was dropped or the route halted.
+fn run_transforms<'e>(
+    generation: &Generation,
+    route: &Route,
+    event: &'e Event,
+) -> Option<Cow<'e, Event>> {
+    let log = &generation.loggers;
+    let mut current = Cow::Borrowed(event);
+    for t in &route.spec.transforms {
+        let detail = Detail {
+            route: Some(&route.spec.name),
+            target: Some(&route.spec.actor),
+            transform: Some(&t.name),
+            ..Default::default()
+        };
+        let Some(slot) = generation.transforms.get(&t.name) else {
+            continue;
+        };
+        log.log(Phase::TransformStart, &current, detail);
+        let ctx = TransformCtx {
+            source: event.source(),
+            route: &route.spec.name,
+            actor: &route.spec.actor,
+            module: &generation.module,
+        };
+        match slot.obj.apply(&current, &ctx) {
+            Ok(Verdict::Pass) => log.log(Phase::TransformPass, &current, detail),
+            Ok(Verdict::Replace(e)) => {
+                current = Cow::Owned(e);
+                log.log(Phase::TransformPass, &current, detail);
+            }
+            Ok(Verdict::Drop) => {
+                log.log(Phase::TransformDrop, &current, detail);
+                return None;
+            }
+            Err(error) => {
+                let policy = t.on_error.or(slot.on_error).unwrap_or_default();
+                let detail = Detail {
+                    error: Some(&error),
+                    ..detail
+                };
+                match policy {
+                    OnError::Pass => log.log(Phase::TransformError, &current, detail),
+                    OnError::Drop => {
+                        log.log(Phase::TransformErrorDrop, &current, detail);
+                        return None;
+                    }
+                    OnError::Halt => {
+                        log.log(Phase::TransformErrorHalt, &current, detail);
+                        tracing::error!(module = %generation.module, route = %route.spec.name, transform = %t.name, "route halted: {error}");
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+    Some(current)
+}

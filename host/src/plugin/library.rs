@@ -1,0 +1,331 @@
+//! [`Library`]: one loaded plugin build, and the host-side handles of the objects built from it.
+//!
+//! Ownership rules that keep plugin code from running after its library closed:
+//! - every object, and every future a plugin returns, holds an `Arc<Library>` in a field declared
+//!   **after** the object, so the object is dropped first;
+//! - everything a plugin returns is copied into host-owned memory at the boundary (strings with
+//!   `to_string`, events with [`Event::rehome`]) and the plugin's value is dropped right there.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use abi_stable::library::RawLibrary;
+use abi_stable::std_types::{RNone, RResult, RSome, RStr, RString};
+use orgloop_plugin_sdk::abi::*;
+use orgloop_plugin_sdk::{Event, Manifest, Outcome, Polled, SymbolKind, TransformCtx, Verdict};
+
+use super::store::{Lease, Stored};
+use super::verify::{verify_unloaded, UnloadReport};
+
+type UnloadHook = Box<dyn FnOnce(&UnloadReport) + Send>;
+
+/// A loaded plugin library. Dropping the last `Arc` closes it and verifies the unload.
+pub struct Library {
+    root: PluginRootRef,
+    manifest: Manifest,
+    hash: String,
+    /// The private copy that is mapped.
+    path: PathBuf,
+    /// The user's build it was copied from.
+    source: PathBuf,
+    raw: Option<RawLibrary>,
+    lease: Option<Lease>,
+    on_unload: Mutex<Vec<UnloadHook>>,
+}
+
+impl Library {
+    pub(super) fn new(
+        raw: RawLibrary,
+        root: PluginRootRef,
+        manifest: Manifest,
+        stored: Stored,
+        source: PathBuf,
+    ) -> Self {
+        Library {
+            root,
+            manifest,
+            hash: stored.hash,
+            path: stored.path,
+            source,
+            raw: Some(raw),
+            lease: Some(stored.lease),
+            on_unload: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Hex SHA-256 of the library file.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    /// The mapped private copy.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The user's build this was copied from.
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
+    /// Runs `hook` with the unload report once the library is closed.
+    pub fn on_unload(&self, hook: impl FnOnce(&UnloadReport) + Send + 'static) {
+        self.on_unload
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Box::new(hook));
+    }
+
+    fn check_kind(&self, symbol: &str, kind: SymbolKind) -> Result<(), String> {
+        match self.manifest.symbol(symbol) {
+            Some(s) if s.kind == kind => Ok(()),
+            Some(s) => Err(format!(
+                "{}::{symbol} is a {}, not a {}",
+                self.manifest.name,
+                s.kind.as_str(),
+                kind.as_str()
+            )),
+            None => {
+                let same_kind = self
+                    .manifest
+                    .symbols
+                    .iter()
+                    .filter(|s| s.kind == kind)
+                    .map(|s| s.name.as_str());
+                let names: Vec<&str> = same_kind.clone().collect();
+                Err(format!(
+                    "plugin {} {} exports no {} \"{symbol}\"{} (it exports: {})",
+                    self.manifest.name,
+                    self.manifest.version,
+                    kind.as_str(),
+                    crate::config::error::did_you_mean(symbol, same_kind),
+                    if names.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        names.join(", ")
+                    }
+                ))
+            }
+        }
+    }
+
+    /// Builds a transform.
+    pub fn new_transform(
+        self: &Arc<Self>,
+        symbol: &str,
+        config: &str,
+        host: HostBox,
+    ) -> Result<PluginTransform, String> {
+        self.check_kind(symbol, SymbolKind::Transform)?;
+        let obj = take(self.root.new_transform()(
+            RStr::from_str(symbol),
+            RStr::from_str(config),
+            host,
+        ))?;
+        Ok(PluginTransform {
+            obj,
+            _lib: self.clone(),
+        })
+    }
+
+    /// Builds an actor.
+    pub fn new_actor(
+        self: &Arc<Self>,
+        symbol: &str,
+        config: &str,
+        host: HostBox,
+    ) -> Result<PluginActor, String> {
+        self.check_kind(symbol, SymbolKind::Actor)?;
+        let obj = take(self.root.new_actor()(
+            RStr::from_str(symbol),
+            RStr::from_str(config),
+            host,
+        ))?;
+        Ok(PluginActor {
+            obj,
+            lib: self.clone(),
+        })
+    }
+
+    /// Builds a source.
+    pub fn new_source(
+        self: &Arc<Self>,
+        symbol: &str,
+        config: &str,
+        host: HostBox,
+    ) -> Result<PluginSource, String> {
+        self.check_kind(symbol, SymbolKind::Source)?;
+        let obj = take(self.root.new_source()(
+            RStr::from_str(symbol),
+            RStr::from_str(config),
+            host,
+        ))?;
+        Ok(PluginSource {
+            obj,
+            lib: self.clone(),
+        })
+    }
+}
+
+impl Drop for Library {
+    fn drop(&mut self) {
+        drop(self.raw.take()); // dlclose
+        let report = verify_unloaded(&self.path);
+        match &report {
+            UnloadReport::Unloaded => {
+                tracing::info!(plugin = %self.manifest.name, version = %self.manifest.version, hash = %short(&self.hash), "plugin library unloaded")
+            }
+            UnloadReport::Pinned { reason } => {
+                tracing::warn!(plugin = %self.manifest.name, version = %self.manifest.version, hash = %short(&self.hash), "plugin library pinned: {reason}")
+            }
+        }
+        for hook in self
+            .on_unload
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            hook(&report);
+        }
+        drop(self.lease.take()); // deletes the private copy when no one else uses it
+    }
+}
+
+pub fn short(hash: &str) -> &str {
+    &hash[..hash.len().min(12)]
+}
+
+/// Takes a constructor's result into host memory.
+fn take<T>(r: RResult<T, RString>) -> Result<T, String> {
+    match r {
+        RResult::ROk(v) => Ok(v),
+        RResult::RErr(e) => Err(e.to_string()),
+    }
+}
+
+/// A transform built by a plugin.
+pub struct PluginTransform {
+    obj: TransformBox,
+    _lib: Arc<Library>,
+}
+
+impl PluginTransform {
+    /// Applies the transform. A replaced event comes back in host memory.
+    pub fn apply(&self, event: &Event, ctx: &TransformCtx<'_>) -> Result<Verdict, String> {
+        let ctx = FfiTransformCtx {
+            source: RStr::from_str(ctx.source),
+            route: RStr::from_str(ctx.route),
+            actor: RStr::from_str(ctx.actor),
+            module: RStr::from_str(ctx.module),
+        };
+        match self.obj.apply(event, ctx) {
+            FfiVerdict::Pass => Ok(Verdict::Pass),
+            FfiVerdict::Drop => Ok(Verdict::Drop),
+            FfiVerdict::Replace(e) => Ok(Verdict::Replace(e.rehome())),
+            FfiVerdict::Error(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// An actor built by a plugin.
+pub struct PluginActor {
+    obj: ActorBox,
+    lib: Arc<Library>,
+}
+
+/// What goes into one delivery.
+pub struct DeliveryRequest {
+    pub event: Event,
+    pub config_json: String,
+    pub prompt: Option<String>,
+    pub prompt_file: Option<String>,
+    pub route: String,
+}
+
+impl PluginActor {
+    /// Starts a delivery. The returned future keeps the library alive until it is dropped.
+    pub fn deliver(
+        &self,
+        req: DeliveryRequest,
+        cancel: CancelBox,
+    ) -> impl Future<Output = Result<Outcome, String>> + Send + 'static {
+        let wire = FfiDelivery {
+            event: req.event,
+            config_json: req.config_json.into(),
+            prompt: req.prompt.map_or(RNone, |p| RSome(p.into())),
+            prompt_file: req.prompt_file.map_or(RNone, |p| RSome(p.into())),
+            route: req.route.into(),
+        };
+        fn convert(outcome: FfiOutcome) -> Result<Outcome, String> {
+            match outcome {
+                FfiOutcome::Delivered => Ok(Outcome::Delivered),
+                FfiOutcome::Rejected(why) => Ok(Outcome::Rejected(why.to_string())),
+                FfiOutcome::Error(e) => Err(e.to_string()),
+            }
+        }
+        WithLibrary {
+            fut: self.obj.deliver(wire, cancel),
+            convert,
+            _lib: self.lib.clone(),
+        }
+    }
+}
+
+/// A source built by a plugin.
+pub struct PluginSource {
+    obj: SourceBox,
+    lib: Arc<Library>,
+}
+
+impl PluginSource {
+    /// Polls once. Events come back in host memory.
+    pub fn poll(
+        &self,
+        checkpoint: Option<String>,
+    ) -> impl Future<Output = Result<Polled, String>> + Send + 'static {
+        fn convert(polled: FfiPolled) -> Result<Polled, String> {
+            match polled {
+                FfiPolled::Ok { events, checkpoint } => Ok(Polled {
+                    events: events.iter().map(Event::rehome).collect(),
+                    checkpoint: checkpoint.as_ref().map(|c| c.to_string()).into_option(),
+                }),
+                FfiPolled::Error(e) => Err(e.to_string()),
+            }
+        }
+        let checkpoint = checkpoint.map_or(RNone, |c| RSome(c.into()));
+        WithLibrary {
+            fut: self.obj.poll(checkpoint),
+            convert,
+            _lib: self.lib.clone(),
+        }
+    }
+}
+
+/// A plugin future together with its library. The plugin's output is converted into host memory
+/// inside `poll`, while the library is certainly loaded; the future is dropped before the library.
+/// A panic that escapes the plugin's own guards (async-ffi reports it by panicking in `poll`)
+/// becomes an error.
+struct WithLibrary<F: Future, T> {
+    fut: F,
+    convert: fn(F::Output) -> Result<T, String>,
+    _lib: Arc<Library>,
+}
+
+impl<F: Future + Unpin, T> Future for WithLibrary<F, T> {
+    type Output = Result<T, String>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let convert = self.convert;
+        let fut = &mut self.fut;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Pin::new(fut).poll(cx))) {
+            Ok(p) => p.map(convert),
+            Err(_) => Poll::Ready(Err("the plugin panicked while running".into())),
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! Plugin libraries: private copies ([`store`]), opening and checking them ([`load`]), the loaded
+//! library and its objects ([`library`]), what the host lends them ([`services`],
+//! [`http_client`]), and checking that a closed library is gone ([`verify`]).
+
+pub mod http_client;
+pub mod library;
+pub mod load;
+pub mod services;
+pub mod store;
+pub mod verify;
+
+pub use library::{Library, PluginActor, PluginSource, PluginTransform};
+pub use load::{Loader, PluginLoadError};
+pub use verify::UnloadReport;
