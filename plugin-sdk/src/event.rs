@@ -96,6 +96,7 @@ impl Event {
             provenance: Map::new(),
             payload: Json::Object(Map::new()),
             trace_id: None,
+            timestamp: None,
         }
     }
 
@@ -286,6 +287,7 @@ pub struct EventBuilder {
     provenance: Map<String, Json>,
     payload: Json,
     trace_id: Option<String>,
+    timestamp: Option<SystemTime>,
 }
 
 impl EventBuilder {
@@ -306,6 +308,13 @@ impl EventBuilder {
         self
     }
 
+    /// Sets the timestamp (default: now, by the system clock). Use `host.now()` where the host's
+    /// clock should rule, as in tests with a virtual clock.
+    pub fn timestamp(mut self, at: SystemTime) -> Self {
+        self.timestamp = Some(at);
+        self
+    }
+
     /// Continues an existing trace instead of starting a new one.
     pub fn trace_id(mut self, trace_id: &str) -> Self {
         self.trace_id = Some(trace_id.to_owned());
@@ -319,7 +328,7 @@ impl EventBuilder {
             .or_insert_with(|| Json::String(self.source.clone()));
         let value = serde_json::json!({
             "id": new_event_id(),
-            "timestamp": format_timestamp(SystemTime::now()),
+            "timestamp": format_timestamp(self.timestamp.unwrap_or_else(SystemTime::now)),
             "source": self.source,
             "type": self.event_type.as_str(),
             "provenance": self.provenance,

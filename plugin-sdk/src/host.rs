@@ -59,6 +59,12 @@ pub struct Host {
     inner: Arc<HostBox>,
 }
 
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Host")
+    }
+}
+
 impl Host {
     pub(crate) fn new(inner: HostBox) -> Self {
         Host {

@@ -89,6 +89,7 @@
 #[doc(hidden)]
 pub mod abi;
 mod actor;
+pub mod duration;
 mod error;
 mod event;
 #[doc(hidden)]

@@ -36,7 +36,8 @@ pub struct TransformCtx<'a> {
 ///
 /// `apply` runs on the daemon's event path: keep it quick and never block.
 pub trait Transform: Sized + Send + Sync + 'static {
-    /// The configuration, read from the transform's `config:` in YAML (JSON-compatible).
+    /// The configuration, read from the transform's `config:` in YAML (JSON-compatible). A
+    /// definition without `config:` is handed `{}`, so a struct whose fields all have defaults works.
     type Config: DeserializeOwned;
 
     /// One line for `orgloop validate` and the plugin's manifest.

@@ -9,11 +9,11 @@ use clap::Args;
 use tokio::net::TcpListener;
 
 use super::exit;
-use crate::config::duration::parse_duration;
 use crate::control::{server, AppState};
 use crate::module::{LoadError, Registry};
 use crate::plugin::store::PluginStore;
 use crate::plugin::Loader;
+use orgloop_plugin_sdk::duration::parse as parse_duration;
 
 #[derive(Debug, Args)]
 pub struct StartArgs {

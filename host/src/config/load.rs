@@ -94,12 +94,8 @@ pub fn read_module(dir: &Path) -> Result<RawModule, Vec<ConfigError>> {
     let env = Env { dotenv };
     let mut errors = Vec::new();
 
-    let project =
-        parse_file::<raw::Project>(&dir, Path::new("orgloop.yaml"), &env).map_err(|e| vec![e])?;
-    let project = match project {
-        Ok(p) => p,
-        Err(errs) => return Err(errs),
-    };
+    let project = parse_file::<raw::Project>(&dir, Path::new("orgloop.yaml"), &env)
+        .map_err(|e| vec![e])??;
     if project.value.api_version != "orgloop/v1alpha1" {
         errors.push(project.error(
             "apiVersion",

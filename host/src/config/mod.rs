@@ -2,7 +2,6 @@
 //! [`yaml`]), checked into a [`spec::ModuleSpec`] ([`validate`]), with errors that point at the
 //! file, line, column and field ([`error`]).
 
-pub mod duration;
 pub mod error;
 pub mod load;
 pub mod raw;

@@ -10,11 +10,11 @@ use std::time::Duration;
 use orgloop_plugin_sdk::EventType;
 use serde_json::Value as Json;
 
-use super::duration::parse_duration;
 use super::error::did_you_mean;
 use super::load::{Parsed, RawModule};
 use super::spec::*;
 use super::{raw, ConfigError};
+use orgloop_plugin_sdk::duration::parse as parse_duration;
 
 /// Default body limit of a webhook source.
 pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
@@ -293,6 +293,13 @@ impl Checker<'_> {
                 }
             }
         }
+        for a in actors
+            .iter()
+            .filter(|a| sources.iter().any(|s| s.id == a.id))
+        {
+            let message = format!("actor id {:?} is also a source id; routes name both in when.source, so they must differ", a.id);
+            self.errors.push(a.origin.error(message));
+        }
         (sources, actors)
     }
 
@@ -453,12 +460,14 @@ impl Checker<'_> {
                 let at = |f: &str| format!("routes[{i}].{f}");
                 let origin = group.origin(format!("routes[{i}]"));
                 check_unique(&mut seen, &r.name, "route", &origin, &mut self.errors);
-                if !source_ids.contains(&r.when.source.as_str()) {
-                    let hint = did_you_mean(&r.when.source, source_ids.iter().copied());
-                    self.errors.push(group.error(
-                        &at("when.source"),
-                        format!("unknown source \"{}\"{hint}", r.when.source),
-                    ));
+                // Events an actor emits (e.g. `actor.stopped`) carry the actor's id as source.
+                let src = r.when.source.as_str();
+                if !source_ids.contains(&src) && !actor_ids.contains(&src) {
+                    let hint = did_you_mean(src, source_ids.iter().chain(&actor_ids).copied());
+                    let message = format!(
+                        "unknown source \"{src}\" (neither a source nor an actor id){hint}"
+                    );
+                    self.errors.push(group.error(&at("when.source"), message));
                 }
                 let mut events = Vec::new();
                 for (j, e) in r.when.events.iter().enumerate() {

@@ -104,7 +104,7 @@ fn check_signature(secret: &str, headers: &HeaderMap, body: &[u8]) -> Result<(),
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())

@@ -5,10 +5,9 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use orgloop_plugin_sdk::{new_trace_id, Event};
-
 use super::generation::Generation;
 use super::registry::Module;
+use crate::plugin::services::normalize;
 
 /// Starts the pollers of `generation`'s plugin sources.
 pub fn spawn_pollers(module: &Arc<Module>, generation: &Arc<Generation>) {
@@ -53,20 +52,4 @@ pub fn spawn_pollers(module: &Arc<Module>, generation: &Arc<Generation>) {
             }
         });
     }
-}
-
-/// Events from a source carry that source's id and a trace id (the runtime assigns one when
-/// missing, as upstream).
-fn normalize(event: Event, source: &str) -> Event {
-    if event.source() == source && event.trace_id().is_some() {
-        return event;
-    }
-    event
-        .with(|v| {
-            v["source"] = source.into();
-            if v.get("trace_id").is_none_or(|t| !t.is_string()) {
-                v["trace_id"] = new_trace_id().into();
-            }
-        })
-        .unwrap_or(event)
 }

@@ -75,10 +75,11 @@ pub fn stage(
             .find(|(n, _)| *n == s.plugin)
             .map(|(_, l)| l.clone())
     };
-    let services = |object: String| {
+    let services = |object: String, source: Option<&String>| {
         Services {
             module: module.clone(),
             object,
+            source: source.cloned(),
             emitter: ctx.emitter.clone(),
             http: ctx.http.clone(),
         }
@@ -93,7 +94,7 @@ pub fn stage(
         match lib.new_transform(
             &t.symbol.symbol,
             &t.config.to_string(),
-            services(format!("{}/{}", t.symbol, t.name)),
+            services(format!("{}/{}", t.symbol, t.name), None),
         ) {
             Ok(obj) => {
                 transforms.insert(
@@ -118,7 +119,7 @@ pub fn stage(
         match lib.new_actor(
             &a.symbol.symbol,
             &a.config.to_string(),
-            services(format!("{}/{}", a.symbol, a.id)),
+            services(format!("{}/{}", a.symbol, a.id), Some(&a.id)),
         ) {
             Ok(obj) => {
                 actors.insert(a.id.clone(), Arc::new(obj));
@@ -143,7 +144,7 @@ pub fn stage(
         match lib.new_source(
             &symbol.symbol,
             &config.to_string(),
-            services(format!("{symbol}/{}", s.id)),
+            services(format!("{symbol}/{}", s.id), Some(&s.id)),
         ) {
             Ok(obj) => sources.push(SourceSlot {
                 id: s.id.clone(),

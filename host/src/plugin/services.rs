@@ -11,7 +11,7 @@ use async_ffi::{FfiFuture, FutureExt};
 use orgloop_plugin_sdk::abi::{
     FfiHttpRequest, FfiHttpResponse, HostBox, HostServices, HostServices_TO,
 };
-use orgloop_plugin_sdk::{Event, HttpRequest, Level};
+use orgloop_plugin_sdk::{new_trace_id, Event, HttpRequest, Level};
 
 use super::http_client::HttpClient;
 
@@ -23,6 +23,8 @@ pub struct Services {
     pub module: Arc<str>,
     /// `plugin::symbol` and the object's id or name, for log lines.
     pub object: String,
+    /// For actors and sources: their id, which events they emit carry as `source`.
+    pub source: Option<String>,
     pub emitter: Emitter,
     pub http: HttpClient,
 }
@@ -58,7 +60,12 @@ impl HostServices for Services {
 
     fn emit(&self, event: Event) -> RResult<(), RString> {
         // The plugin's copy is dropped at the end of this call, while its library is loaded.
-        match (self.emitter)(event.rehome()) {
+        let event = event.rehome();
+        let event = match &self.source {
+            Some(source) => normalize(event, source),
+            None => event,
+        };
+        match (self.emitter)(event) {
             Ok(()) => RResult::ROk(()),
             Err(e) => RResult::RErr(e.into()),
         }
@@ -75,4 +82,20 @@ impl HostServices for Services {
         }
         .into_ffi()
     }
+}
+
+/// Events from a source or an actor carry its id as `source` (so routes can name it in
+/// `when.source`) and a trace id (assigned when missing, as upstream's runtime does).
+pub fn normalize(event: Event, source: &str) -> Event {
+    if event.source() == source && event.trace_id().is_some() {
+        return event;
+    }
+    event
+        .with(|v| {
+            v["source"] = source.into();
+            if v.get("trace_id").is_none_or(|t| !t.is_string()) {
+                v["trace_id"] = new_trace_id().into();
+            }
+        })
+        .unwrap_or(event)
 }

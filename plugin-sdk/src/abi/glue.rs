@@ -141,8 +141,12 @@ fn rresult<T>(r: Result<T, String>) -> RResult<T, RString> {
     }
 }
 
+/// Parses config text the host generated from YAML. Through a `Value` first, so that messages do
+/// not cite positions in that generated text, which mean nothing to the person who wrote the YAML.
 fn parse_config<C: serde::de::DeserializeOwned>(config: &str) -> Result<C, String> {
-    serde_json::from_str(config).map_err(|e| format!("invalid config: {e}"))
+    let value: serde_json::Value =
+        serde_json::from_str(config).map_err(|e| format!("invalid config: {e}"))?;
+    C::deserialize(value).map_err(|e| format!("invalid config: {e}"))
 }
 
 // ---- transforms ---------------------------------------------------------------------------

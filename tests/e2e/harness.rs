@@ -1,0 +1,327 @@
+//! Test harness: builds the real `orgloop` binary and the example plugins once, gives each test its
+//! own directory, writes module files, runs the daemon on a free port, posts webhooks over real
+//! HTTP on 127.0.0.1, and records what a real HTTP sink receives.
+
+#![allow(dead_code)] // Each test module uses a different part of the harness.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+/// How long any wait in a test may take before it fails.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace().join("target"))
+}
+
+/// `target/debug`, after building the binary and every plugin (once per test run).
+pub fn build_dir() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let packages = ["orgloop", "orgloop-filters", "orgloop-http", "orgloop-agent", "orgloop-fixture-abi-mismatch"];
+            let mut cmd = Command::new(env!("CARGO"));
+            cmd.arg("build").current_dir(workspace());
+            for p in packages {
+                cmd.args(["-p", p]);
+            }
+            let out = cmd.output().expect("run cargo build");
+            assert!(out.status.success(), "cargo build failed:\n{}", String::from_utf8_lossy(&out.stderr));
+            target_dir().join("debug")
+        })
+        .clone()
+}
+
+pub fn orgloop_bin() -> PathBuf {
+    build_dir().join("orgloop")
+}
+
+/// The built example plugin `name` (`filters`, `http`, `agent`).
+pub fn plugin(name: &str) -> PathBuf {
+    build_dir().join(format!("liborgloop_{name}.so"))
+}
+
+/// A scratch directory for one test, emptied first.
+pub fn test_dir(name: &str) -> PathBuf {
+    let dir = target_dir().join("e2e").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Writes `files` (relative path → content) under `dir`.
+pub fn write_files(dir: &Path, files: &[(&str, &str)]) {
+    for (rel, content) in files {
+        let path = dir.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+}
+
+/// A runtime shared by the harness's HTTP client and sinks.
+pub fn rt() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap())
+}
+
+/// A response: status and body parsed as JSON (`Null` when it is not JSON).
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub json: Value,
+}
+
+/// Sends one HTTP request.
+pub fn request(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+    static CLIENT: OnceLock<Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>> = OnceLock::new();
+    let client = CLIENT.get_or_init(|| Client::builder(TokioExecutor::new()).build_http());
+    let mut req = hyper::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::copy_from_slice(body))).unwrap();
+    rt().block_on(async {
+        let resp = tokio::time::timeout(WAIT, client.request(req)).await.expect("request timed out").expect("request failed");
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        Reply { status, json: serde_json::from_slice(&bytes).unwrap_or(Value::Null) }
+    })
+}
+
+/// One request the sink received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub headers: HashMap<String, String>,
+    pub body: Value,
+}
+
+/// A real HTTP server on 127.0.0.1 that records every request and answers with a settable status.
+pub struct Sink {
+    pub port: u16,
+    received: Arc<(Mutex<Vec<Received>>, Condvar)>,
+    status: Arc<AtomicU16>,
+}
+
+impl Sink {
+    pub fn start() -> Sink {
+        let received: Arc<(Mutex<Vec<Received>>, Condvar)> = Default::default();
+        let status = Arc::new(AtomicU16::new(200));
+        let (r, s) = (received.clone(), status.clone());
+        let listener = rt().block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let app = axum::Router::new().fallback(move |uri: axum::http::Uri, headers: axum::http::HeaderMap, body: Bytes| {
+            let (r, s) = (r.clone(), s.clone());
+            async move {
+                let headers = headers.iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned())).collect();
+                let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                r.0.lock().unwrap().push(Received { path: uri.path().to_owned(), headers, body });
+                r.1.notify_all();
+                axum::http::StatusCode::from_u16(s.load(Ordering::SeqCst)).unwrap()
+            }
+        });
+        rt().spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Sink { port, received, status }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Makes the sink answer with `status` from now on.
+    pub fn respond_with(&self, status: u16) {
+        self.status.store(status, Ordering::SeqCst);
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.received.0.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` requests arrived; returns all of them.
+    pub fn wait_for(&self, n: usize) -> Vec<Received> {
+        let deadline = Instant::now() + WAIT;
+        let mut got = self.received.0.lock().unwrap();
+        while got.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "sink got {} requests, expected {n}: {got:#?}", got.len());
+            got = self.received.1.wait_timeout(got, left).unwrap().0;
+        }
+        got.clone()
+    }
+}
+
+/// Environment for a daemon or CLI run: its own home, plugins from `target/debug`.
+pub fn base_env(home: &Path) -> Vec<(String, String)> {
+    vec![
+        ("ORGLOOP_HOME".into(), home.display().to_string()),
+        ("PLUGIN_DIR".into(), build_dir().display().to_string()),
+        ("ORGLOOP_LOG".into(), "info".into()),
+    ]
+}
+
+/// Runs `orgloop args...` to completion.
+pub fn orgloop(args: &[&str], env: &[(String, String)]) -> Output {
+    Command::new(orgloop_bin()).args(args).envs(env.iter().cloned()).output().expect("run orgloop")
+}
+
+/// A running daemon, stopped (SIGTERM) when dropped.
+pub struct Daemon {
+    child: Child,
+    pub port: u16,
+    log: Arc<(Mutex<Vec<String>>, Condvar)>,
+}
+
+impl Daemon {
+    /// Starts `orgloop start <dirs>` on a free port and waits until it listens.
+    pub fn start(dirs: &[&Path], env: &[(String, String)]) -> Daemon {
+        Self::try_start(dirs, env).unwrap_or_else(|log| panic!("daemon did not start:\n{log}"))
+    }
+
+    /// Like [`start`](Self::start); on failure returns the daemon's output.
+    pub fn try_start(dirs: &[&Path], env: &[(String, String)]) -> Result<Daemon, String> {
+        let mut cmd = Command::new(orgloop_bin());
+        cmd.arg("start").args(dirs).args(["--port", "0"]).envs(env.iter().cloned()).env("NO_COLOR", "1");
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn orgloop");
+        let log: Arc<(Mutex<Vec<String>>, Condvar)> = Default::default();
+        for stream in [Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>, Box::new(child.stderr.take().unwrap())] {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    log.0.lock().unwrap().push(strip_ansi(&line));
+                    log.1.notify_all();
+                }
+            });
+        }
+        let mut daemon = Daemon { child, port: 0, log };
+        let line = daemon.wait_log_or_exit("listening on http://127.0.0.1:")?;
+        let port = line.split("http://127.0.0.1:").nth(1).unwrap().chars().take_while(char::is_ascii_digit).collect::<String>();
+        daemon.port = port.parse().unwrap();
+        Ok(daemon)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// `POST /webhook/<source>` with a JSON body.
+    pub fn post(&self, source: &str, body: &Value) -> Reply {
+        request("POST", &self.url(&format!("/webhook/{source}")), &[("content-type", "application/json")], body.to_string().as_bytes())
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        request("GET", &self.url(path), &[], b"")
+    }
+
+    /// Everything the daemon printed so far.
+    pub fn log(&self) -> String {
+        self.log.0.lock().unwrap().join("\n")
+    }
+
+    /// Waits for a printed line containing `needle`; returns it.
+    pub fn wait_log(&mut self, needle: &str) -> String {
+        self.wait_log_or_exit(needle).unwrap_or_else(|log| panic!("no log line with {needle:?}:\n{log}"))
+    }
+
+    fn wait_log_or_exit(&mut self, needle: &str) -> Result<String, String> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            {
+                let lines = self.log.0.lock().unwrap();
+                if let Some(l) = lines.iter().find(|l| l.contains(needle)) {
+                    return Ok(l.clone());
+                }
+                let (lines, _) = self.log.1.wait_timeout(lines, Duration::from_millis(50)).unwrap();
+                drop(lines);
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(100)); // let the readers catch up
+                return Err(format!("daemon exited ({status}):\n{}", self.log()));
+            }
+            if Instant::now() > deadline {
+                return Err(format!("timed out:\n{}", self.log()));
+            }
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit code.
+    pub fn stop(mut self) -> i32 {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> i32 {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("daemon did not stop after SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.terminate();
+        }
+    }
+}
+
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `orgloop.yaml` for a module named `name` using the example plugins listed.
+pub fn project_yaml(name: &str, plugins: &[&str], extra: &str) -> String {
+    let mut y = format!("apiVersion: orgloop/v1alpha1\nkind: Project\nmetadata:\n  name: {name}\nplugins:\n");
+    for p in plugins {
+        y.push_str(&format!("  - name: {p}\n    path: ${{PLUGIN_DIR}}/liborgloop_{p}.so\n    version: \"^0.1\"\n"));
+    }
+    y.push_str(extra);
+    y
+}
+
+/// Asserts that `haystack` contains `needle`, printing both when not.
+#[track_caller]
+pub fn assert_contains(haystack: &str, needle: &str) {
+    assert!(haystack.contains(needle), "expected to find:\n  {needle}\nin:\n{haystack}");
+}
