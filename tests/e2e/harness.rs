@@ -23,11 +23,16 @@ use serde_json::Value;
 pub const WAIT: Duration = Duration::from_secs(20);
 
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 pub fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace().join("target"))
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"))
 }
 
 /// `target/debug`, after building the binary and every plugin (once per test run).
@@ -35,14 +40,24 @@ pub fn build_dir() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let packages = ["orgloop", "orgloop-filters", "orgloop-http", "orgloop-agent", "orgloop-fixture-abi-mismatch"];
+            let packages = [
+                "orgloop",
+                "orgloop-filters",
+                "orgloop-http",
+                "orgloop-agent",
+                "orgloop-fixture-abi-mismatch",
+            ];
             let mut cmd = Command::new(env!("CARGO"));
             cmd.arg("build").current_dir(workspace());
             for p in packages {
                 cmd.args(["-p", p]);
             }
             let out = cmd.output().expect("run cargo build");
-            assert!(out.status.success(), "cargo build failed:\n{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "cargo build failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             target_dir().join("debug")
         })
         .clone()
@@ -77,7 +92,13 @@ pub fn write_files(dir: &Path, files: &[(&str, &str)]) {
 /// A runtime shared by the harness's HTTP client and sinks.
 pub fn rt() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap())
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    })
 }
 
 /// A response: status and body parsed as JSON (`Null` when it is not JSON).
@@ -89,7 +110,9 @@ pub struct Reply {
 
 /// Sends one HTTP request.
 pub fn request(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
-    static CLIENT: OnceLock<Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>> = OnceLock::new();
+    static CLIENT: OnceLock<
+        Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    > = OnceLock::new();
     let client = CLIENT.get_or_init(|| Client::builder(TokioExecutor::new()).build_http());
     let mut req = hyper::Request::builder().method(method).uri(url);
     for (k, v) in headers {
@@ -97,10 +120,16 @@ pub fn request(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -
     }
     let req = req.body(Full::new(Bytes::copy_from_slice(body))).unwrap();
     rt().block_on(async {
-        let resp = tokio::time::timeout(WAIT, client.request(req)).await.expect("request timed out").expect("request failed");
+        let resp = tokio::time::timeout(WAIT, client.request(req))
+            .await
+            .expect("request timed out")
+            .expect("request failed");
         let status = resp.status().as_u16();
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        Reply { status, json: serde_json::from_slice(&bytes).unwrap_or(Value::Null) }
+        Reply {
+            status,
+            json: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        }
     })
 }
 
@@ -124,20 +153,35 @@ impl Sink {
         let received: Arc<(Mutex<Vec<Received>>, Condvar)> = Default::default();
         let status = Arc::new(AtomicU16::new(200));
         let (r, s) = (received.clone(), status.clone());
-        let listener = rt().block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let listener = rt()
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
         let port = listener.local_addr().unwrap().port();
-        let app = axum::Router::new().fallback(move |uri: axum::http::Uri, headers: axum::http::HeaderMap, body: Bytes| {
-            let (r, s) = (r.clone(), s.clone());
-            async move {
-                let headers = headers.iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned())).collect();
-                let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                r.0.lock().unwrap().push(Received { path: uri.path().to_owned(), headers, body });
-                r.1.notify_all();
-                axum::http::StatusCode::from_u16(s.load(Ordering::SeqCst)).unwrap()
-            }
-        });
+        let app = axum::Router::new().fallback(
+            move |uri: axum::http::Uri, headers: axum::http::HeaderMap, body: Bytes| {
+                let (r, s) = (r.clone(), s.clone());
+                async move {
+                    let headers = headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
+                        .collect();
+                    let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    r.0.lock().unwrap().push(Received {
+                        path: uri.path().to_owned(),
+                        headers,
+                        body,
+                    });
+                    r.1.notify_all();
+                    axum::http::StatusCode::from_u16(s.load(Ordering::SeqCst)).unwrap()
+                }
+            },
+        );
         rt().spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Sink { port, received, status }
+        Sink {
+            port,
+            received,
+            status,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -159,7 +203,11 @@ impl Sink {
         let mut got = self.received.0.lock().unwrap();
         while got.len() < n {
             let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "sink got {} requests, expected {n}: {got:#?}", got.len());
+            assert!(
+                !left.is_zero(),
+                "sink got {} requests, expected {n}: {got:#?}",
+                got.len()
+            );
             got = self.received.1.wait_timeout(got, left).unwrap().0;
         }
         got.clone()
@@ -177,7 +225,11 @@ pub fn base_env(home: &Path) -> Vec<(String, String)> {
 
 /// Runs `orgloop args...` to completion.
 pub fn orgloop(args: &[&str], env: &[(String, String)]) -> Output {
-    Command::new(orgloop_bin()).args(args).envs(env.iter().cloned()).output().expect("run orgloop")
+    Command::new(orgloop_bin())
+        .args(args)
+        .envs(env.iter().cloned())
+        .output()
+        .expect("run orgloop")
 }
 
 /// A running daemon, stopped (SIGTERM) when dropped.
@@ -196,10 +248,21 @@ impl Daemon {
     /// Like [`start`](Self::start); on failure returns the daemon's output.
     pub fn try_start(dirs: &[&Path], env: &[(String, String)]) -> Result<Daemon, String> {
         let mut cmd = Command::new(orgloop_bin());
-        cmd.arg("start").args(dirs).args(["--port", "0"]).envs(env.iter().cloned()).env("NO_COLOR", "1");
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn orgloop");
+        cmd.arg("start")
+            .args(dirs)
+            .args(["--port", "0"])
+            .envs(env.iter().cloned())
+            .env("NO_COLOR", "1");
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn orgloop");
         let log: Arc<(Mutex<Vec<String>>, Condvar)> = Default::default();
-        for stream in [Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>, Box::new(child.stderr.take().unwrap())] {
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
             let log = log.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
@@ -208,9 +271,19 @@ impl Daemon {
                 }
             });
         }
-        let mut daemon = Daemon { child, port: 0, log };
+        let mut daemon = Daemon {
+            child,
+            port: 0,
+            log,
+        };
         let line = daemon.wait_log_or_exit("listening on http://127.0.0.1:")?;
-        let port = line.split("http://127.0.0.1:").nth(1).unwrap().chars().take_while(char::is_ascii_digit).collect::<String>();
+        let port = line
+            .split("http://127.0.0.1:")
+            .nth(1)
+            .unwrap()
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>();
         daemon.port = port.parse().unwrap();
         Ok(daemon)
     }
@@ -221,7 +294,12 @@ impl Daemon {
 
     /// `POST /webhook/<source>` with a JSON body.
     pub fn post(&self, source: &str, body: &Value) -> Reply {
-        request("POST", &self.url(&format!("/webhook/{source}")), &[("content-type", "application/json")], body.to_string().as_bytes())
+        request(
+            "POST",
+            &self.url(&format!("/webhook/{source}")),
+            &[("content-type", "application/json")],
+            body.to_string().as_bytes(),
+        )
     }
 
     pub fn get(&self, path: &str) -> Reply {
@@ -235,7 +313,8 @@ impl Daemon {
 
     /// Waits for a printed line containing `needle`; returns it.
     pub fn wait_log(&mut self, needle: &str) -> String {
-        self.wait_log_or_exit(needle).unwrap_or_else(|log| panic!("no log line with {needle:?}:\n{log}"))
+        self.wait_log_or_exit(needle)
+            .unwrap_or_else(|log| panic!("no log line with {needle:?}:\n{log}"))
     }
 
     fn wait_log_or_exit(&mut self, needle: &str) -> Result<String, String> {
@@ -246,7 +325,11 @@ impl Daemon {
                 if let Some(l) = lines.iter().find(|l| l.contains(needle)) {
                     return Ok(l.clone());
                 }
-                let (lines, _) = self.log.1.wait_timeout(lines, Duration::from_millis(50)).unwrap();
+                let (lines, _) = self
+                    .log
+                    .1
+                    .wait_timeout(lines, Duration::from_millis(50))
+                    .unwrap();
                 drop(lines);
             }
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -312,9 +395,13 @@ fn strip_ansi(line: &str) -> String {
 
 /// `orgloop.yaml` for a module named `name` using the example plugins listed.
 pub fn project_yaml(name: &str, plugins: &[&str], extra: &str) -> String {
-    let mut y = format!("apiVersion: orgloop/v1alpha1\nkind: Project\nmetadata:\n  name: {name}\nplugins:\n");
+    let mut y = format!(
+        "apiVersion: orgloop/v1alpha1\nkind: Project\nmetadata:\n  name: {name}\nplugins:\n"
+    );
     for p in plugins {
-        y.push_str(&format!("  - name: {p}\n    path: ${{PLUGIN_DIR}}/liborgloop_{p}.so\n    version: \"^0.1\"\n"));
+        y.push_str(&format!(
+            "  - name: {p}\n    path: ${{PLUGIN_DIR}}/liborgloop_{p}.so\n    version: \"^0.1\"\n"
+        ));
     }
     y.push_str(extra);
     y
@@ -323,5 +410,94 @@ pub fn project_yaml(name: &str, plugins: &[&str], extra: &str) -> String {
 /// Asserts that `haystack` contains `needle`, printing both when not.
 #[track_caller]
 pub fn assert_contains(haystack: &str, needle: &str) {
-    assert!(haystack.contains(needle), "expected to find:\n  {needle}\nin:\n{haystack}");
+    assert!(
+        haystack.contains(needle),
+        "expected to find:\n  {needle}\nin:\n{haystack}"
+    );
+}
+
+/// Builds a copy of example plugin `name` with its version set to `version`, as a user would after
+/// bumping `Cargo.toml`; returns the library's path. The copy is its own crate (so both builds can
+/// exist at once) and shares the workspace's target directory and lock file (so only the plugin
+/// itself is compiled).
+pub fn build_variant(name: &str, version: &str) -> PathBuf {
+    static BUILDS: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    let mut builds = BUILDS.get_or_init(Default::default).lock().unwrap();
+    let key = format!("{name}-{version}");
+    if let Some(p) = builds.get(&key) {
+        return p.clone();
+    }
+    build_dir();
+    let root = workspace();
+    let crate_name = format!("orgloop-{name}-v{}", version.replace('.', "_"));
+    let dir = target_dir().join("e2e-variants").join(&crate_name);
+    let _ = std::fs::remove_dir_all(&dir);
+    copy_tree(
+        &root.join("example-plugins").join(name).join("src"),
+        &dir.join("src"),
+    );
+    let manifest =
+        std::fs::read_to_string(root.join("example-plugins").join(name).join("Cargo.toml"))
+            .unwrap();
+    let workspace_manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    let profiles = &workspace_manifest[workspace_manifest
+        .find("[profile.")
+        .unwrap_or(workspace_manifest.len())..];
+    let manifest = manifest
+        .replace(
+            &format!("name = \"orgloop-{name}\""),
+            &format!("name = \"{crate_name}\""),
+        )
+        .replace(
+            "version.workspace = true",
+            &format!("version = \"{version}\""),
+        )
+        .replace("edition.workspace = true", "edition = \"2021\"")
+        .replace("license.workspace = true", "license = \"Apache-2.0\"")
+        .replace(
+            "orgloop-plugin-sdk.workspace = true",
+            &format!(
+                "orgloop-plugin-sdk = {{ path = {:?} }}",
+                root.join("plugin-sdk").display().to_string()
+            ),
+        )
+        .replace(
+            "serde.workspace = true",
+            "serde = { version = \"1\", features = [\"derive\"] }",
+        )
+        .replace("serde_json.workspace = true", "serde_json = \"1\"");
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        format!("{manifest}\n[workspace]\n\n{profiles}"),
+    )
+    .unwrap();
+    std::fs::copy(root.join("Cargo.lock"), dir.join("Cargo.lock")).unwrap();
+    let out = Command::new(env!("CARGO"))
+        .args(["build", "--lib", "--manifest-path"])
+        .arg(dir.join("Cargo.toml"))
+        .env("CARGO_TARGET_DIR", target_dir())
+        .output()
+        .expect("run cargo build");
+    assert!(
+        out.status.success(),
+        "building {crate_name} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lib = build_dir().join(format!("lib{}.so", crate_name.replace('-', "_")));
+    assert!(lib.is_file(), "{} was not built", lib.display());
+    builds.insert(key, lib.clone());
+    lib
+}
+
+/// Copies the directory tree `from` to `to`.
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
 }

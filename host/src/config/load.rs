@@ -247,13 +247,9 @@ fn parse_file<T: DeserializeOwned>(
                 field.clear();
             }
             let mut message = e.inner().to_string();
-            // serde lists every expected field; point at the unknown one and suggest instead.
+            // serde lists every expected field; suggest the closest instead. (The path already ends
+            // at the unknown field.)
             if let Some((unknown, expected)) = parse_unknown_field(&message) {
-                field = if field.is_empty() {
-                    unknown.clone()
-                } else {
-                    format!("{field}.{unknown}")
-                };
                 message = format!(
                     "unknown field \"{unknown}\"{}",
                     did_you_mean(&unknown, expected.iter().map(String::as_str))

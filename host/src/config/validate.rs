@@ -262,7 +262,7 @@ impl Checker<'_> {
                     sources.push(SourceSpec {
                         id: s.id.clone(),
                         kind,
-                        origin,
+                        origin: group.origin(format!("sources[{i}].connector")),
                     });
                 }
             }
@@ -288,7 +288,7 @@ impl Checker<'_> {
                         id: a.id.clone(),
                         symbol,
                         config,
-                        origin,
+                        origin: group.origin(format!("actors[{i}].connector")),
                     });
                 }
             }
@@ -362,7 +362,7 @@ impl Checker<'_> {
                         let spos = group.doc.pos(&format!("transforms[{i}].symbol"));
                         if let Some(symbol) = self.symbol(symbol, plugins, &origin, "symbol", spos) {
                             let config = t.config.clone().unwrap_or_else(|| Json::Object(Default::default()));
-                            out.push(TransformSpec { name: t.name.clone(), symbol, config, on_error: t.on_error, origin });
+                            out.push(TransformSpec { name: t.name.clone(), symbol, config, on_error: t.on_error, origin: group.origin(format!("transforms[{i}].symbol")) });
                         }
                     }
                     ("plugin", None) => self.errors.push(origin.error("type: plugin needs symbol: <plugin>::<transform>")),

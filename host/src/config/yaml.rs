@@ -109,9 +109,8 @@ pub fn parse(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Yaml
                 continue;
             }
             Event::MappingStart(anchor, _) => {
-                if let Some(p) = &next_path {
-                    doc.positions.entry(p.clone()).or_insert(pos);
-                }
+                // The parser marks a block mapping at its first key's indicator, not at the key;
+                // the mapping takes its first key's position instead (see the key branch below).
                 stack.push(Frame::Map {
                     path: next_path.unwrap_or_default(),
                     entries: Map::new(),
@@ -134,6 +133,9 @@ pub fn parse(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Yaml
                 message: "alias to an unknown anchor".into(),
             })?,
             Event::Scalar(text, style, anchor, _) => {
+                if let Some(p) = &next_path {
+                    doc.positions.entry(p.clone()).or_insert(pos);
+                }
                 let v = match next_path {
                     None => Json::String(text),
                     Some(_) if style != TScalarStyle::Plain => {
@@ -158,6 +160,7 @@ pub fn parse(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Yaml
                         Json::String(s) => s,
                         other => other.to_string(),
                     };
+                    doc.positions.entry(path.clone()).or_insert(pos);
                     doc.positions.insert(join(path, &k), pos);
                     *key = Some(k);
                 }
@@ -287,6 +290,11 @@ mod tests {
             Some(Pos { line: 4, col: 7 })
         );
         assert_eq!(doc.pos("routes[1].name"), Some(Pos { line: 5, col: 5 }));
+        assert_eq!(
+            doc.pos("routes[1]"),
+            Some(Pos { line: 5, col: 5 }),
+            "an item is where its first key is"
+        );
         // Unknown paths fall back to the closest known parent.
         assert_eq!(
             doc.pos("routes[1].name.deeper"),

@@ -59,12 +59,15 @@ pub fn deliver(generation: Arc<Generation>, route: usize, event: Event) {
             _ = g.kill.cancelled() => Err("dropped: still running after the cancellation grace period".into()),
         };
         let duration_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
-        match result {
-            Ok(Outcome::Delivered) => g.loggers.log(Phase::DeliverSuccess, &event, Detail { result: Some("delivered"), duration_ms, ..detail }),
-            Ok(Outcome::Rejected(why)) => {
-                g.loggers.log(Phase::DeliverFailure, &event, Detail { result: Some("rejected"), error: Some(&why), duration_ms, ..detail })
-            }
-            Err(e) => g.loggers.log(Phase::DeliverFailure, &event, Detail { result: Some("error"), error: Some(&e), duration_ms, ..detail }),
+        let (phase, result, error) = match &result {
+            Ok(Outcome::Delivered) => (Phase::DeliverSuccess, "delivered", None),
+            Ok(Outcome::Rejected(why)) => (Phase::DeliverFailure, "rejected", Some(why.as_str())),
+            Err(e) => (Phase::DeliverFailure, "error", Some(e.as_str())),
+        };
+        if let Some(error) = error {
+            let (module, route, actor) = (&g.module, &route.spec.name, &route.spec.actor);
+            tracing::warn!(module = %module, route = %route, actor = %actor, event = %event.id(), "delivery failed ({result}): {error}");
         }
+        g.loggers.log(phase, &event, Detail { result: Some(result), error, duration_ms, ..detail });
     });
 }

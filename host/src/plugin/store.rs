@@ -45,6 +45,7 @@ impl PluginStore {
     /// Copies `source` into the store (unless an identical copy is there) and leases it.
     pub fn import(&self, module: &str, source: &Path) -> std::io::Result<Stored> {
         let bytes = std::fs::read(source)?;
+        check_complete(&bytes)?;
         let hash = hex(&Sha256::digest(&bytes));
         let dir = self.root.join(module);
         std::fs::create_dir_all(&dir)?;
@@ -87,6 +88,41 @@ impl Drop for Lease {
     }
 }
 
+/// Refuses an ELF file whose section header table lies past its end: a build still being written,
+/// or cut short. (`dlopen` may well load such a file when the cut falls in debug sections, and
+/// fault later when something reads the missing part.)
+fn check_complete(bytes: &[u8]) -> std::io::Result<()> {
+    let incomplete = |why: &str| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("incomplete library file ({why}); is it still being written?"),
+        )
+    };
+    if bytes.len() < 64 || &bytes[..4] != b"\x7fELF" {
+        return Err(incomplete("no ELF header"));
+    }
+    if bytes[4] != 2 || bytes[5] != 1 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not a 64-bit little-endian ELF library",
+        ));
+    }
+    let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().unwrap_or_default());
+    let u16_at = |o: usize| {
+        u64::from(u16::from_le_bytes(
+            bytes[o..o + 2].try_into().unwrap_or_default(),
+        ))
+    };
+    let end = u64_at(0x28).saturating_add(u16_at(0x3a).saturating_mul(u16_at(0x3c)));
+    if end > bytes.len() as u64 {
+        return Err(incomplete(&format!(
+            "{} of at least {end} bytes",
+            bytes.len()
+        )));
+    }
+    Ok(())
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -101,11 +137,11 @@ mod tests {
         let store = PluginStore::new(tmp.join("store"));
         std::fs::create_dir_all(&tmp).unwrap();
         let src = tmp.join("lib.so");
-        std::fs::write(&src, b"one").unwrap();
+        std::fs::write(&src, elf(b"one")).unwrap();
         let a = store.import("m", &src).unwrap();
         let b = store.import("m", &src).unwrap();
         assert_eq!(a.path, b.path);
-        std::fs::write(&src, b"two").unwrap();
+        std::fs::write(&src, elf(b"two")).unwrap();
         let c = store.import("m", &src).unwrap();
         assert_ne!(a.hash, c.hash);
         drop(a);
@@ -119,6 +155,26 @@ mod tests {
         drop(c);
         store.remove_all();
         let _ = std::fs::remove_dir_all(&tmp);
+    }
+
+    /// A minimal complete ELF64 header (no sections) followed by `tail`.
+    fn elf(tail: &[u8]) -> Vec<u8> {
+        let mut b = vec![0u8; 64];
+        b[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        b.extend_from_slice(tail);
+        b
+    }
+
+    #[test]
+    fn refuses_cut_and_foreign_files() {
+        assert!(check_complete(b"hello").is_err());
+        let mut cut = elf(b"");
+        cut[0x28] = 200; // section headers at offset 200
+        cut[0x3c] = 1; // one of them
+        cut[0x3a] = 64;
+        let err = check_complete(&cut).unwrap_err().to_string();
+        assert!(err.contains("incomplete library file"), "{err}");
+        assert!(check_complete(&elf(b"")).is_ok());
     }
 
     fn sha_of(b: &[u8]) -> String {
