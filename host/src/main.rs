@@ -9,5 +9,6 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Start(args) => cli::start::run(args),
         Command::Validate(args) => cli::validate::run(args),
+        Command::Module(args) => cli::module::run(args),
     }
 }

@@ -217,6 +217,9 @@ impl Session {
             "session": {
                 "id": r.session_id,
                 "adapter": "agent",
+                // Which build ran the session: after a reload, in-flight sessions finish on the
+                // old one.
+                "adapter_version": env!("CARGO_PKG_VERSION"),
                 "harness": harness,
                 "started_at": format_timestamp(r.started),
                 "ended_at": ended_at,
@@ -317,6 +320,7 @@ mod tests {
                 "session": {
                     "id": id,
                     "adapter": "agent",
+                    "adapter_version": env!("CARGO_PKG_VERSION"),
                     "harness": "orgloop-agent",
                     "started_at": T0,
                     "ended_at": "2026-01-01T00:00:02.000Z",

@@ -1,6 +1,7 @@
 //! The `orgloop` command line: one file per subcommand. Each only reads its arguments and calls
 //! into the library.
 
+pub mod module;
 pub mod start;
 pub mod validate;
 
@@ -21,6 +22,8 @@ pub enum Command {
     Start(start::StartArgs),
     /// Check a module: YAML, references, plugins (ABI, version, symbols) and constructors.
     Validate(validate::ValidateArgs),
+    /// Manage the modules of a running daemon: list, status, load, unload, reload.
+    Module(module::ModuleArgs),
 }
 
 /// Exit codes shared by the subcommands.

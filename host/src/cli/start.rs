@@ -1,4 +1,6 @@
-//! `orgloop start [MODULE_DIR...]`: runs the daemon in the foreground until SIGINT or SIGTERM.
+//! `orgloop start [MODULE_DIR...] [--watch]`: runs the daemon in the foreground until SIGINT or
+//! SIGTERM. SIGHUP reloads every module. When a daemon already runs on the port, the modules are
+//! loaded into it instead (as upstream).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,62 +8,99 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use orgloop_plugin_sdk::duration::parse as parse_duration;
 use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
 
 use super::exit;
+use crate::config::render_errors;
+use crate::control::auth::{create_token, read_token, token_path};
+use crate::control::client::Client;
 use crate::control::{server, AppState};
-use crate::module::{LoadError, Registry};
+use crate::module::report::ReloadOutcome;
+use crate::module::{LoadError, Registry, ReloadOptions};
 use crate::plugin::store::PluginStore;
 use crate::plugin::Loader;
-use orgloop_plugin_sdk::duration::parse as parse_duration;
 
 #[derive(Debug, Args)]
 pub struct StartArgs {
     /// Module directories (each with an orgloop.yaml). Default: the current directory.
     pub modules: Vec<PathBuf>,
-    /// Port of the HTTP server on 127.0.0.1 (webhooks, API).
+    /// Port of the HTTP server on 127.0.0.1 (webhooks, API, control). 0 picks a free one.
     #[arg(long, env = "ORGLOOP_PORT", default_value_t = 4800)]
     pub port: u16,
     /// How long in-flight deliveries may run on at shutdown before they are cancelled.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+    /// Reload a module when its files or its plugin libraries change.
+    #[arg(long)]
+    pub watch: bool,
+    /// How long files must be quiet before a watched change reloads.
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    pub debounce: Duration,
 }
 
 pub fn run(args: StartArgs) -> ExitCode {
     init_tracing();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let listener = match std::net::TcpListener::bind(("127.0.0.1", args.port)) {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && token_path(args.port).exists() => return register_into_running(&args),
+        Err(e) => {
+            eprintln!("error: cannot listen on 127.0.0.1:{}: {e} (choose another port with --port)", args.port);
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
             return ExitCode::from(exit::FAILURE);
         }
     };
-    runtime.block_on(daemon(args))
+    ExitCode::from(runtime.block_on(daemon(args, listener)))
 }
 
-async fn daemon(args: StartArgs) -> ExitCode {
+/// A daemon already listens on the port: hand it the modules.
+fn register_into_running(args: &StartArgs) -> ExitCode {
+    let client = match Client::new(args.port) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    println!("orgloop already runs on port {}; loading the modules into it", args.port);
+    let dirs = if args.modules.is_empty() { vec![PathBuf::from(".")] } else { args.modules.clone() };
+    let worst = dirs
+        .into_iter()
+        .map(|dir| super::module::load::run(&client, &super::module::load::LoadArgs { dir }))
+        .max()
+        .unwrap_or(exit::OK);
+    ExitCode::from(worst)
+}
+
+async fn daemon(args: StartArgs, listener: std::net::TcpListener) -> u8 {
     let started = Instant::now();
     crate::home::clean_stale_runs();
     let store = PluginStore::new(crate::home::run_dir().join("plugins"));
     let registry = Arc::new(Registry::new(Loader::new(store.clone())));
-
-    let listener = match TcpListener::bind(("127.0.0.1", args.port)).await {
+    let listener = match listener.set_nonblocking(true).and_then(|()| TcpListener::from_std(listener)) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("error: cannot listen on 127.0.0.1:{}: {e} (is another orgloop running? choose another with --port)", args.port);
-            return ExitCode::from(exit::FAILURE);
+            eprintln!("error: cannot use the listening socket: {e}");
+            return exit::FAILURE;
         }
     };
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(args.port);
-
-    let dirs = if args.modules.is_empty() {
-        vec![PathBuf::from(".")]
-    } else {
-        args.modules
+    let token = match create_token(port) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: cannot write the control token {}: {e}", token_path(port).display());
+            return exit::FAILURE;
+        }
     };
+
+    let dirs = if args.modules.is_empty() { vec![PathBuf::from(".")] } else { args.modules.clone() };
     let mut loaded = Vec::new();
     let mut invalid = false;
     for dir in &dirs {
@@ -74,43 +113,63 @@ async fn daemon(args: StartArgs) -> ExitCode {
         }
     }
     if loaded.is_empty() {
-        store.remove_all();
-        return ExitCode::from(if invalid {
-            exit::INVALID
-        } else {
-            exit::FAILURE
-        });
+        cleanup(&store, port, &token);
+        return if invalid { exit::INVALID } else { exit::FAILURE };
     }
-    tracing::info!(port, modules = %loaded.join(", "), startup_ms = started.elapsed().as_millis() as u64, "orgloop listening on http://127.0.0.1:{port}");
-
-    let state = AppState {
-        registry: registry.clone(),
-        started,
-        port,
-    };
-    let result = server::serve(listener, state, shutdown_signal()).await;
+    if args.watch {
+        registry.watch_all(args.debounce);
+    }
+    tokio::spawn(reload_on_sighup(registry.clone()));
     tracing::info!(
-        "shutting down: waiting up to {:?} for in-flight deliveries",
-        args.shutdown_timeout
+        port,
+        modules = %loaded.join(", "),
+        watch = args.watch,
+        startup_ms = started.elapsed().as_millis() as u64,
+        "orgloop listening on http://127.0.0.1:{port}"
     );
+
+    let state = AppState { registry: registry.clone(), started, port, token: Arc::from(token.as_str()) };
+    let result = server::serve(listener, state, shutdown_signal()).await;
+    tracing::info!("shutting down: waiting up to {:?} for in-flight deliveries", args.shutdown_timeout);
     registry.shutdown(args.shutdown_timeout).await;
     drop(registry);
-    store.remove_all();
+    cleanup(&store, port, &token);
     match result {
-        Ok(()) => ExitCode::from(exit::OK),
+        Ok(()) => exit::OK,
         Err(e) => {
             eprintln!("error: server failed: {e}");
-            ExitCode::from(exit::FAILURE)
+            exit::FAILURE
+        }
+    }
+}
+
+/// Removes this process's plugin copies and, if it is still ours, the token file.
+fn cleanup(store: &PluginStore, port: u16, token: &str) {
+    store.remove_all();
+    if read_token(port).is_ok_and(|t| t == token) {
+        let _ = std::fs::remove_file(token_path(port));
+    }
+}
+
+/// SIGHUP reloads every module (so a service manager's reload works).
+async fn reload_on_sighup(registry: Arc<Registry>) {
+    let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading every module");
+        for m in registry.modules() {
+            match registry.reload(&m.name, &ReloadOptions::default()).await {
+                Ok(ReloadOutcome::Rejected { errors, .. }) => {
+                    tracing::warn!(module = %m.name, "reload rejected; the current generation keeps serving:\n{}", render_errors(&errors))
+                }
+                Ok(ReloadOutcome::Unchanged(_)) => tracing::info!(module = %m.name, "nothing changed"),
+                _ => {}
+            }
         }
     }
 }
 
 async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         return std::future::pending().await;
     };
     tokio::select! {
@@ -120,11 +179,6 @@ async fn shutdown_signal() {
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("ORGLOOP_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ORGLOOP_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
 }

@@ -12,7 +12,6 @@ use serde_json::json;
 
 use super::exit;
 use crate::config::{self, ConfigError};
-use crate::engine::log::Loggers;
 use crate::module::generation::Generation;
 use crate::module::stage::{stage, StageCtx};
 use crate::plugin::http_client::HttpClient;
@@ -47,10 +46,10 @@ fn check(dir: &std::path::Path, loader: &Loader) -> Result<Generation, Vec<Confi
         emitter: Arc::new(|_| Err("not running: this is a validation".into())),
         route_stats: &HashMap::new(),
         number: 0,
+        previous: None,
+        start_loggers: false,
     };
-    let loggers = Loggers::start(&spec.name, &[])
-        .map_err(|e| vec![ConfigError::new("orgloop.yaml", None, "loggers", e)])?;
-    stage(spec, &ctx, Arc::new(loggers))
+    stage(spec, &ctx)
 }
 
 fn report(args: &ValidateArgs, result: &Result<Generation, Vec<ConfigError>>) -> u8 {

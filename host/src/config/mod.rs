@@ -2,6 +2,7 @@
 //! [`yaml`]), checked into a [`spec::ModuleSpec`] ([`validate`]), with errors that point at the
 //! file, line, column and field ([`error`]).
 
+pub mod diff;
 pub mod error;
 pub mod load;
 pub mod raw;
@@ -11,7 +12,7 @@ pub mod yaml;
 
 use std::path::Path;
 
-pub use error::ConfigError;
+pub use error::{render as render_errors, ConfigError};
 pub use spec::ModuleSpec;
 
 /// Reads and validates the module in `dir`.

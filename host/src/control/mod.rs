@@ -1,7 +1,12 @@
 //! The daemon's one HTTP server on loopback: webhooks under `/webhook/`, read-only status under
-//! `/api/` ([`api`]); [`server`] wires them together.
+//! `/api/` ([`api`]), module management under `/control/` ([`modules`], behind [`auth`]), with
+//! typed errors ([`error`]); [`server`] wires them together, and [`client`] is the CLI's side.
 
 pub mod api;
+pub mod auth;
+pub mod client;
+pub mod error;
+pub mod modules;
 pub mod server;
 
 use std::sync::Arc;
@@ -19,6 +24,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     pub started: Instant,
     pub port: u16,
+    /// The control API's bearer token.
+    pub token: Arc<str>,
 }
 
 /// `{"error": message}` with a status, the shape of every error answer.

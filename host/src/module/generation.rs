@@ -16,6 +16,9 @@ use crate::engine::log::Loggers;
 use crate::engine::route::Route;
 use crate::plugin::{Library, PluginActor, PluginSource, PluginTransform};
 
+/// How long a cancelled delivery may take to stop before it is dropped.
+pub const GRACE: Duration = Duration::from_secs(2);
+
 /// A transform as a route sees it.
 pub struct TransformSlot {
     pub obj: PluginTransform,
@@ -32,21 +35,20 @@ pub struct SourceSlot {
 
 /// One generation of a module. Field order matters: objects are dropped before `libraries`.
 pub struct Generation {
-    /// Counts up per daemon, across modules.
+    /// Counts up per module: 1 when loaded, one more at each swap.
     pub number: u64,
     pub module: Arc<str>,
     pub spec: Arc<ModuleSpec>,
     pub routes: Vec<Route>,
     /// Route indexes by source id, in file order.
     pub by_source: HashMap<String, Vec<usize>>,
-    pub transforms: HashMap<String, TransformSlot>,
+    /// Shared with the next generation when carried over (same definition, same library).
+    pub transforms: HashMap<String, Arc<TransformSlot>>,
     pub actors: HashMap<String, Arc<PluginActor>>,
     pub sources: Vec<SourceSlot>,
     pub loggers: Arc<Loggers>,
-    /// Deliveries and pollers running on this generation.
+    /// Deliveries running on this generation.
     pub inflight: TaskTracker,
-    /// Raised to stop this generation's source pollers.
-    pub stop_sources: CancellationToken,
     /// Raised to ask this generation's deliveries to stop (their cancellation signal).
     pub cancel: CancellationToken,
     /// Raised to drop whatever still runs after the grace period.
@@ -61,23 +63,21 @@ impl Generation {
         self.by_source.get(source).map_or(&[], Vec::as_slice)
     }
 
-    /// Stops this generation's work: asks deliveries to finish within `timeout`, then raises their
-    /// cancellation signal, then drops what is left after `grace`. Returns how many were cancelled.
-    pub async fn stop(&self, timeout: Duration, grace: Duration) -> usize {
-        self.stop_sources.cancel();
+    /// Lets this generation's deliveries finish within `timeout` (or until `force` is raised),
+    /// then raises their cancellation signal, then drops what still runs after [`GRACE`]. Returns
+    /// how many deliveries had to be cancelled.
+    pub async fn stop(&self, timeout: Duration, force: &CancellationToken) -> usize {
         self.inflight.close();
-        if tokio::time::timeout(timeout, self.inflight.wait())
-            .await
-            .is_ok()
-        {
+        let drained = tokio::select! {
+            r = tokio::time::timeout(timeout, self.inflight.wait()) => r.is_ok(),
+            _ = force.cancelled() => false,
+        };
+        if drained || self.inflight.is_empty() {
             return 0;
         }
         let cancelled = self.inflight.len();
         self.cancel.cancel();
-        if tokio::time::timeout(grace, self.inflight.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(GRACE, self.inflight.wait()).await.is_err() {
             self.kill.cancel();
             self.inflight.wait().await;
         }

@@ -1,11 +1,19 @@
-//! Module lifecycle: a module is a sequence of [`generation::Generation`]s; [`stage`] builds one,
-//! [`registry`] holds the running modules and swaps their current generation, [`poller`] runs
-//! plugin sources.
+//! Module lifecycle. A module ([`running::Module`]) is a sequence of [`generation::Generation`]s:
+//! [`stage`] builds one, [`reload`] swaps it in, [`drain`] retires the old one, and [`registry`]
+//! holds the running modules. [`poller`] runs plugin sources, [`watch`] reloads on file changes,
+//! and [`report`] is what all of it tells the control API.
 
+pub mod drain;
 pub mod generation;
 pub mod poller;
 pub mod registry;
+pub mod reload;
+pub mod report;
+pub mod running;
 pub mod stage;
+pub mod watch;
 
 pub use generation::Generation;
-pub use registry::{LoadError, Module, Registry};
+pub use registry::{LoadError, Registry};
+pub use reload::ReloadOptions;
+pub use running::Module;

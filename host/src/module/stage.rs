@@ -1,8 +1,11 @@
 //! Staging: building a complete [`Generation`] from a validated [`ModuleSpec`] — load each plugin
 //! library (a private copy, beside any version already loaded), check its name and version, and
 //! build every transform, actor and source with its config. Nothing is started and nothing
-//! running is touched: a failure anywhere returns every error found and the staged pieces are
+//! running is touched: a failure anywhere returns every error found, and the staged pieces are
 //! dropped.
+//!
+//! With a previous generation, every object whose definition and plugin build are unchanged is
+//! carried over instead of rebuilt, so it keeps its state (a dedup window, a source's cadence).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,6 +13,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::diff::{same_actor, same_source, same_transform};
 use crate::config::spec::{SourceKind, SymbolRef};
 use crate::config::{ConfigError, ModuleSpec};
 use crate::engine::log::Loggers;
@@ -29,134 +33,95 @@ pub struct StageCtx<'a> {
     /// Route statistics to carry over, by route name.
     pub route_stats: &'a HashMap<String, Arc<RouteStats>>,
     pub number: u64,
+    /// The generation being replaced, whose unchanged objects carry over.
+    pub previous: Option<&'a Generation>,
+    /// Whether to open the module's loggers (validation does not).
+    pub start_loggers: bool,
 }
 
-/// Loads the plugins of `spec` and builds every object. `loggers` are started by the caller
-/// (validation stages without them).
-pub fn stage(
-    spec: Arc<ModuleSpec>,
-    ctx: &StageCtx<'_>,
-    loggers: Arc<Loggers>,
-) -> Result<Generation, Vec<ConfigError>> {
+/// Loads the plugins of `spec` and builds (or carries over) every object.
+pub fn stage(spec: Arc<ModuleSpec>, ctx: &StageCtx<'_>) -> Result<Generation, Vec<ConfigError>> {
     let mut errors = Vec::new();
     let module: Arc<str> = Arc::from(spec.name.as_str());
-    let mut libraries: Vec<(String, Arc<Library>)> = Vec::new();
-    for p in &spec.plugins {
-        match ctx.loader.load(&spec.name, &p.path) {
-            Err(e) => errors.push(p.origin.error(format!("plugin {}: {e}", p.name))),
-            Ok(lib) => {
-                let m = lib.manifest();
-                if m.name != p.name {
-                    errors.push(p.origin.error(format!(
-                        "{} is plugin \"{}\", not \"{}\" (name the entry after the plugin)",
-                        p.path.display(),
-                        m.name,
-                        p.name
-                    )));
-                    continue;
-                }
-                match (&p.version, semver::Version::parse(&m.version)) {
-                    (_, Err(e)) => errors.push(p.origin.error(format!(
-                        "plugin {} has an invalid version {:?}: {e}",
-                        m.name, m.version
-                    ))),
-                    (Some(req), Ok(v)) if !req.matches(&v) => errors.push(p.origin.error(format!(
-                        "plugin {} is version {v}, which does not satisfy \"{req}\"",
-                        m.name
-                    ))),
-                    _ => libraries.push((p.name.clone(), lib)),
-                }
-            }
-        }
-    }
-    let library = |s: &SymbolRef| {
-        libraries
-            .iter()
-            .find(|(n, _)| *n == s.plugin)
-            .map(|(_, l)| l.clone())
-    };
+    let libraries = load_libraries(&spec, ctx.loader, &mut errors);
+    let library = |s: &SymbolRef| libraries.iter().find(|(n, _)| *n == s.plugin).map(|(_, l)| l.clone());
     let services = |object: String, source: Option<&String>| {
-        Services {
-            module: module.clone(),
-            object,
-            source: source.cloned(),
-            emitter: ctx.emitter.clone(),
-            http: ctx.http.clone(),
-        }
-        .into_box()
+        Services { module: module.clone(), object, source: source.cloned(), emitter: ctx.emitter.clone(), http: ctx.http.clone() }
+            .into_box()
     };
+    let prev = ctx.previous;
 
     let mut transforms = HashMap::new();
     for t in &spec.transforms {
-        let Some(lib) = library(&t.symbol) else {
-            continue;
+        let Some(lib) = library(&t.symbol) else { continue };
+        let kept = prev.and_then(|p| {
+            let old = p.spec.transforms.iter().find(|o| o.name == t.name)?;
+            let slot = p.transforms.get(&t.name)?;
+            (same_transform(old, t) && Arc::ptr_eq(slot.obj.library(), &lib)).then(|| slot.clone())
+        });
+        let slot = match kept {
+            Some(slot) => slot,
+            None => match lib.new_transform(&t.symbol.symbol, &t.config.to_string(), services(format!("{}/{}", t.symbol, t.name), None)) {
+                Ok(obj) => Arc::new(TransformSlot { obj, on_error: t.on_error }),
+                Err(e) => {
+                    errors.push(t.origin.error(format!("transform {} ({}): {e}", t.name, t.symbol)));
+                    continue;
+                }
+            },
         };
-        match lib.new_transform(
-            &t.symbol.symbol,
-            &t.config.to_string(),
-            services(format!("{}/{}", t.symbol, t.name), None),
-        ) {
-            Ok(obj) => {
-                transforms.insert(
-                    t.name.clone(),
-                    TransformSlot {
-                        obj,
-                        on_error: t.on_error,
-                    },
-                );
-            }
-            Err(e) => errors.push(
-                t.origin
-                    .error(format!("transform {} ({}): {e}", t.name, t.symbol)),
-            ),
-        }
+        transforms.insert(t.name.clone(), slot);
     }
+
     let mut actors = HashMap::new();
     for a in &spec.actors {
-        let Some(lib) = library(&a.symbol) else {
-            continue;
+        let Some(lib) = library(&a.symbol) else { continue };
+        let kept = prev.and_then(|p| {
+            let old = p.spec.actors.iter().find(|o| o.id == a.id)?;
+            let obj = p.actors.get(&a.id)?;
+            (same_actor(old, a) && Arc::ptr_eq(obj.library(), &lib)).then(|| obj.clone())
+        });
+        let obj = match kept {
+            Some(obj) => obj,
+            None => match lib.new_actor(&a.symbol.symbol, &a.config.to_string(), services(format!("{}/{}", a.symbol, a.id), Some(&a.id))) {
+                Ok(obj) => Arc::new(obj),
+                Err(e) => {
+                    errors.push(a.origin.error(format!("actor {} ({}): {e}", a.id, a.symbol)));
+                    continue;
+                }
+            },
         };
-        match lib.new_actor(
-            &a.symbol.symbol,
-            &a.config.to_string(),
-            services(format!("{}/{}", a.symbol, a.id), Some(&a.id)),
-        ) {
-            Ok(obj) => {
-                actors.insert(a.id.clone(), Arc::new(obj));
-            }
-            Err(e) => errors.push(
-                a.origin
-                    .error(format!("actor {} ({}): {e}", a.id, a.symbol)),
-            ),
-        }
+        actors.insert(a.id.clone(), obj);
     }
+
     let mut sources = Vec::new();
     for s in &spec.sources {
-        let SourceKind::Plugin {
-            symbol,
-            config,
-            interval,
-        } = &s.kind
-        else {
-            continue;
-        };
+        let SourceKind::Plugin { symbol, config, interval } = &s.kind else { continue };
         let Some(lib) = library(symbol) else { continue };
-        match lib.new_source(
-            &symbol.symbol,
-            &config.to_string(),
-            services(format!("{symbol}/{}", s.id), Some(&s.id)),
-        ) {
-            Ok(obj) => sources.push(SourceSlot {
-                id: s.id.clone(),
-                obj: Arc::new(obj),
-                interval: *interval,
-            }),
-            Err(e) => errors.push(s.origin.error(format!("source {} ({symbol}): {e}", s.id))),
-        }
+        let kept = prev.and_then(|p| {
+            let old = p.spec.sources.iter().find(|o| o.id == s.id)?;
+            let slot = p.sources.iter().find(|o| o.id == s.id)?;
+            (same_source(old, s) && Arc::ptr_eq(slot.obj.library(), &lib)).then(|| slot.obj.clone())
+        });
+        let obj = match kept {
+            Some(obj) => obj,
+            None => match lib.new_source(&symbol.symbol, &config.to_string(), services(format!("{symbol}/{}", s.id), Some(&s.id))) {
+                Ok(obj) => Arc::new(obj),
+                Err(e) => {
+                    errors.push(s.origin.error(format!("source {} ({symbol}): {e}", s.id)));
+                    continue;
+                }
+            },
+        };
+        sources.push(SourceSlot { id: s.id.clone(), obj, interval: *interval });
     }
-    if !errors.is_empty() {
-        return Err(errors);
-    }
+
+    let loggers = match prev.filter(|p| p.spec.loggers == spec.loggers) {
+        Some(p) => Ok(p.loggers.clone()),
+        None if ctx.start_loggers => Loggers::start(&spec.name, &spec.loggers).map(Arc::new),
+        None => Loggers::start(&spec.name, &[]).map(Arc::new),
+    };
+    let loggers = loggers.map_err(|e| errors.push(ConfigError::new("orgloop.yaml", None, "loggers", e))).ok();
+    let (Some(loggers), true) = (loggers, errors.is_empty()) else { return Err(errors) };
 
     let mut by_source: HashMap<String, Vec<usize>> = HashMap::new();
     let routes: Vec<Route> = spec
@@ -181,9 +146,36 @@ pub fn stage(
         sources,
         loggers,
         inflight: TaskTracker::new(),
-        stop_sources: CancellationToken::new(),
         cancel: CancellationToken::new(),
         kill: CancellationToken::new(),
         libraries,
     })
+}
+
+/// Loads every plugin of `spec`, checking its name and version.
+fn load_libraries(spec: &ModuleSpec, loader: &Loader, errors: &mut Vec<ConfigError>) -> Vec<(String, Arc<Library>)> {
+    let mut libraries = Vec::new();
+    for p in &spec.plugins {
+        let lib = match loader.load(&spec.name, &p.path) {
+            Ok(lib) => lib,
+            Err(e) => {
+                errors.push(p.origin.error(format!("plugin {}: {e}", p.name)));
+                continue;
+            }
+        };
+        let m = lib.manifest();
+        if m.name != p.name {
+            let path = p.path.display();
+            errors.push(p.origin.error(format!("{path} is plugin \"{}\", not \"{}\" (name the entry after the plugin)", m.name, p.name)));
+            continue;
+        }
+        match (&p.version, semver::Version::parse(&m.version)) {
+            (_, Err(e)) => errors.push(p.origin.error(format!("plugin {} has an invalid version {:?}: {e}", m.name, m.version))),
+            (Some(req), Ok(v)) if !req.matches(&v) => {
+                errors.push(p.origin.error(format!("plugin {} is version {v}, which does not satisfy \"{req}\"", m.name)))
+            }
+            _ => libraries.push((p.name.clone(), lib)),
+        }
+    }
+    libraries
 }

@@ -131,7 +131,7 @@ impl Library {
         ))?;
         Ok(PluginTransform {
             obj,
-            _lib: self.clone(),
+            lib: self.clone(),
         })
     }
 
@@ -213,10 +213,15 @@ fn take<T>(r: RResult<T, RString>) -> Result<T, String> {
 /// A transform built by a plugin.
 pub struct PluginTransform {
     obj: TransformBox,
-    _lib: Arc<Library>,
+    lib: Arc<Library>,
 }
 
 impl PluginTransform {
+    /// The library that built it.
+    pub fn library(&self) -> &Arc<Library> {
+        &self.lib
+    }
+
     /// Applies the transform. A replaced event comes back in host memory.
     pub fn apply(&self, event: &Event, ctx: &TransformCtx<'_>) -> Result<Verdict, String> {
         let ctx = FfiTransformCtx {
@@ -250,6 +255,11 @@ pub struct DeliveryRequest {
 }
 
 impl PluginActor {
+    /// The library that built it.
+    pub fn library(&self) -> &Arc<Library> {
+        &self.lib
+    }
+
     /// Starts a delivery. The returned future keeps the library alive until it is dropped.
     pub fn deliver(
         &self,
@@ -285,6 +295,11 @@ pub struct PluginSource {
 }
 
 impl PluginSource {
+    /// The library that built it.
+    pub fn library(&self) -> &Arc<Library> {
+        &self.lib
+    }
+
     /// Polls once. Events come back in host memory.
     pub fn poll(
         &self,

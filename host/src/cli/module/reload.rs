@@ -1,0 +1,159 @@
+//! `orgloop module reload <name> [--drain-timeout D] [--force] [--dry-run] [--wait] [--json]`:
+//! exit 0 when applied (or nothing changed), 2 when rejected (the old generation keeps serving),
+//! 1 for anything else.
+
+use std::io::Write;
+use std::time::Duration;
+
+use clap::Args;
+use orgloop_plugin_sdk::duration::parse as parse_duration;
+use serde_json::{json, Value};
+
+use super::{build_text, error_of, print_drain, print_errors, Client};
+use crate::cli::exit;
+
+#[derive(Debug, Args)]
+pub struct ReloadArgs {
+    /// The module's name.
+    pub name: String,
+    /// How long the old generation's deliveries may run on (default: the module's drain_timeout).
+    #[arg(long, value_parser = parse_duration)]
+    pub drain_timeout: Option<Duration>,
+    /// Cancel the old generation's deliveries at once.
+    #[arg(long)]
+    pub force: bool,
+    /// Validate and show what would change, without applying it.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Stay until the old generation has drained and its libraries are unloaded.
+    #[arg(long)]
+    pub wait: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(client: &Client, args: &ReloadArgs) -> u8 {
+    let body = json!({"drain_timeout_ms": args.drain_timeout.map(|d| d.as_millis() as u64), "force": args.force, "dry_run": args.dry_run});
+    let answer = match client.post(&format!("/control/modules/{}/reload", args.name), &body) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::FAILURE;
+        }
+    };
+    let report = answer.body;
+    if answer.status != 200 && report["outcome"] != "rejected" {
+        return error_of(&super::Answer { status: answer.status, body: report });
+    }
+    let drained = match (args.wait, report["draining"]["generation"].as_u64()) {
+        (true, Some(generation)) => match wait_for_drain(client, &args.name, generation, !args.json) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::FAILURE;
+            }
+        },
+        _ => None,
+    };
+    if args.json {
+        let mut out = report.clone();
+        if let Some(d) = &drained {
+            out["drain"] = d.clone();
+        }
+        println!("{out}");
+    } else {
+        print_report(&report);
+        if let Some(d) = &drained {
+            print_drain(d);
+        }
+    }
+    if report["outcome"] == "rejected" {
+        exit::INVALID
+    } else {
+        exit::OK
+    }
+}
+
+fn print_report(r: &Value) {
+    let name = r["module"].as_str().unwrap_or_default();
+    match r["outcome"].as_str().unwrap_or_default() {
+        "rejected" => {
+            println!("✗ {name}: reload rejected; the current generation keeps serving");
+            print_errors(r);
+            return;
+        }
+        "unchanged" => println!("= {name}: nothing changed; generation {} keeps serving{}", r["from_generation"], coalesced(r)),
+        "dry_run" => println!("~ {name}: dry run, nothing applied; a reload would change:"),
+        _ => println!(
+            "✓ {name}: generation {} → {} (swap {:.0} µs, staged in {:.1} ms){}",
+            r["from_generation"],
+            r["to_generation"],
+            r["swap_us"].as_f64().unwrap_or(0.0),
+            r["stage_ms"].as_f64().unwrap_or(0.0),
+            coalesced(r)
+        ),
+    }
+    for p in r["plugins"].as_array().into_iter().flatten() {
+        let (old, new) = (build_text(&p["old"]), build_text(&p["new"]));
+        let change = if old == new { format!("{old} unchanged") } else { format!("{old} → {new}") };
+        println!("  plugin {:<12} {change}", p["name"].as_str().unwrap_or_default());
+    }
+    for kind in ["routes", "transforms", "sources", "actors"] {
+        let d = &r["diff"][kind];
+        let parts: Vec<String> = ["added", "removed", "changed", "kept"]
+            .iter()
+            .filter_map(|k| {
+                let names: Vec<&str> = d[*k].as_array()?.iter().filter_map(Value::as_str).collect();
+                (!names.is_empty()).then(|| format!("{k}: {}", names.join(", ")))
+            })
+            .collect();
+        if !parts.is_empty() {
+            println!("  {kind:<11} {}", parts.join("; "));
+        }
+    }
+    if let Some(f) = r["forced_previous_drain"].as_object() {
+        println!("  the previous old generation {} was still draining: forced to stop ({} cancelled)", f["generation"], f["cancelled"]);
+    }
+    if let Some(d) = r["draining"].as_object() {
+        println!(
+            "  generation {} drains: {} deliveries in flight, drain timeout {:.1} s",
+            d["generation"],
+            d["inflight"],
+            d["drain_timeout_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
+        );
+    }
+}
+
+fn coalesced(r: &Value) -> &'static str {
+    if r["coalesced"] == true {
+        " (answered by a reload already under way)"
+    } else {
+        ""
+    }
+}
+
+/// Polls the module's status until generation `generation` has drained; shows a progress line.
+fn wait_for_drain(client: &Client, name: &str, generation: u64, progress: bool) -> Result<Value, String> {
+    loop {
+        let answer = client.get(&format!("/control/modules/{name}"))?;
+        if answer.status != 200 {
+            return Err(answer.body["error"].as_str().unwrap_or("the module is gone").to_owned());
+        }
+        let m = answer.body;
+        if m["last_drain"]["generation"].as_u64() == Some(generation) {
+            if progress {
+                eprint!("\r\x1b[K");
+            }
+            return Ok(m["last_drain"].clone());
+        }
+        if progress {
+            if let Some(d) = m["draining"].as_array().and_then(|a| a.iter().find(|d| d["generation"].as_u64() == Some(generation))) {
+                let left = d["drain_timeout_ms"].as_u64().unwrap_or(0).saturating_sub(d["elapsed_ms"].as_u64().unwrap_or(0));
+                eprint!("\r\x1b[K  draining generation {generation}: {} in flight, {:.0} s before the drain timeout", d["inflight"], left as f64 / 1000.0);
+                let _ = std::io::stderr().flush();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

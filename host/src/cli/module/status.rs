@@ -1,0 +1,57 @@
+//! `orgloop module status <name> [--json]`.
+
+use clap::Args;
+
+use super::{build_text, error_of, print_drain, print_errors, Client};
+use crate::cli::exit;
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The module's name.
+    pub name: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(client: &Client, args: &StatusArgs) -> u8 {
+    let m = match client.get(&format!("/control/modules/{}", args.name)) {
+        Ok(a) if a.status == 200 => a.body,
+        Ok(a) => return error_of(&a),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::FAILURE;
+        }
+    };
+    if args.json {
+        println!("{m}");
+        return exit::OK;
+    }
+    let g = &m["generation"];
+    println!("module {} ({})", m["name"].as_str().unwrap_or_default(), m["directory"].as_str().unwrap_or_default());
+    println!(
+        "  generation {}: {} routes, {} sources, {} actors, {} transforms, {} deliveries in flight",
+        g["number"], g["routes"], g["sources"], g["actors"], g["transforms"], g["inflight"]
+    );
+    for p in g["plugins"].as_array().into_iter().flatten() {
+        println!("  plugin {} {}", p["name"].as_str().unwrap_or_default(), build_text(&p["build"]));
+    }
+    for d in m["draining"].as_array().into_iter().flatten() {
+        println!(
+            "  draining generation {}: {} deliveries in flight, {:.1} s of {:.1} s drain timeout used",
+            d["generation"],
+            d["inflight"],
+            d["elapsed_ms"].as_u64().unwrap_or(0) as f64 / 1000.0,
+            d["drain_timeout_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
+        );
+    }
+    if !m["last_drain"].is_null() {
+        println!("  last drain:");
+        print_drain(&m["last_drain"]);
+    }
+    if !m["last_failed_reload"].is_null() {
+        println!("  last failed reload at {}:", m["last_failed_reload"]["at"].as_str().unwrap_or_default());
+        print_errors(&m["last_failed_reload"]);
+    }
+    exit::OK
+}

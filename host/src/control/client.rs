@@ -1,0 +1,71 @@
+//! The CLI's side of the control API: a small blocking client that finds the daemon's token by
+//! itself.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client as Hyper;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+use super::auth::{read_token, token_path};
+
+/// A connection to the daemon on one port.
+pub struct Client {
+    port: u16,
+    token: String,
+    runtime: tokio::runtime::Runtime,
+    http: Hyper<HttpConnector, Full<Bytes>>,
+}
+
+/// An answer: status and JSON body.
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Client {
+    /// Prepares a client for the daemon on `port`.
+    pub fn new(port: u16) -> Result<Client, String> {
+        let token = read_token(port).map_err(|e| {
+            format!(
+                "no orgloop daemon seems to run on port {port}: cannot read its token at {} ({e}); start one with `orgloop start`, or pass --port",
+                token_path(port).display()
+            )
+        })?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+        let http = {
+            let _guard = runtime.enter();
+            Hyper::builder(TokioExecutor::new()).build_http()
+        };
+        Ok(Client { port, token, runtime, http })
+    }
+
+    pub fn get(&self, path: &str) -> Result<Answer, String> {
+        self.send("GET", path, None)
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> Result<Answer, String> {
+        self.send("POST", path, Some(body))
+    }
+
+    pub fn delete(&self, path: &str) -> Result<Answer, String> {
+        self.send("DELETE", path, None)
+    }
+
+    fn send(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Answer, String> {
+        let url = format!("http://127.0.0.1:{}{path}", self.port);
+        let mut req = hyper::Request::builder().method(method).uri(&url).header("authorization", format!("Bearer {}", self.token));
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+        let req = req.body(Full::new(bytes)).map_err(|e| e.to_string())?;
+        self.runtime.block_on(async {
+            let resp = self.http.request(req).await.map_err(|e| format!("cannot reach the orgloop daemon on 127.0.0.1:{}: {e}", self.port))?;
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+            Ok(Answer { status, body: serde_json::from_slice(&body).unwrap_or(Value::Null) })
+        })
+    }
+}

@@ -1,0 +1,136 @@
+//! `/control/modules`: list, inspect, load, unload and reload modules.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::AppState;
+use crate::module::report::{PluginBuild, ReloadOutcome};
+use crate::module::{Module, ReloadOptions};
+
+/// A module's state, as `GET /control/modules/<name>` shows it.
+pub fn module_json(m: &Module) -> Value {
+    let generation = m.current().map(|g| {
+        let plugins: Vec<Value> =
+            g.libraries.iter().map(|(name, lib)| json!({"name": name, "build": PluginBuild::of(lib)})).collect();
+        json!({
+            "number": g.number,
+            "plugins": plugins,
+            "routes": g.routes.len(),
+            "sources": g.spec.sources.len(),
+            "actors": g.actors.len(),
+            "transforms": g.transforms.len(),
+            "inflight": g.inflight.len(),
+            "drain_timeout_ms": g.spec.drain_timeout.as_millis() as u64,
+        })
+    });
+    let record = m.record();
+    let draining: Vec<Value> = record
+        .draining
+        .iter()
+        .map(|d| {
+            json!({
+                "generation": d.generation,
+                "inflight": d.inflight(),
+                "elapsed_ms": d.started.elapsed().as_millis() as u64,
+                "drain_timeout_ms": d.timeout.as_millis() as u64,
+            })
+        })
+        .collect();
+    json!({
+        "name": m.name,
+        "directory": m.dir,
+        "state": if generation.is_some() { "active" } else { "unloading" },
+        "uptime_ms": m.started.elapsed().as_millis() as u64,
+        "generation": generation,
+        "draining": draining,
+        "last_drain": record.last_drain,
+        "last_reload": record.last_reload.as_ref().map(|(_, outcome)| outcome),
+        "last_failed_reload": record.last_failure.as_ref().map(|f| json!({
+            "at": f.at,
+            "errors": f.errors.iter().map(super::error::error_json).collect::<Vec<_>>(),
+        })),
+    })
+}
+
+/// `GET /control/modules`.
+pub async fn list(State(app): State<AppState>) -> Json<Value> {
+    Json(Value::Array(app.registry.modules().iter().map(|m| module_json(m)).collect()))
+}
+
+/// `GET /control/modules/{name}`.
+pub async fn status(State(app): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    let m = app.registry.module(&name).ok_or_else(|| ApiError::NotFound(format!("no module named {name:?} is loaded")))?;
+    Ok(Json(module_json(&m)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadBody {
+    path: PathBuf,
+}
+
+/// `POST /control/modules` with `{"path": "<module dir>"}`.
+pub async fn load(State(app): State<AppState>, body: Result<Json<LoadBody>, JsonRejection>) -> Result<Response, ApiError> {
+    let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let m = app.registry.load(&body.path).await?;
+    Ok((StatusCode::CREATED, Json(module_json(&m))).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StopParams {
+    drain_timeout_ms: Option<u64>,
+    #[serde(default)]
+    force: bool,
+}
+
+/// `DELETE /control/modules/{name}?drain_timeout_ms=&force=`: returns once the module is gone.
+pub async fn unload(State(app): State<AppState>, Path(name): Path<String>, Query(p): Query<StopParams>) -> Result<Json<Value>, ApiError> {
+    let report = app.registry.unload(&name, p.drain_timeout_ms.map(Duration::from_millis), p.force).await?;
+    Ok(Json(json!({"module": name, "drain": report})))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadBody {
+    drain_timeout_ms: Option<u64>,
+    #[serde(default)]
+    force: bool,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// `POST /control/modules/{name}/reload` with `{"drain_timeout_ms", "force", "dry_run"}` (all
+/// optional). 200 with the report when applied, unchanged or a dry run; 422 with the errors when
+/// refused (the current generation keeps serving).
+pub async fn reload(State(app): State<AppState>, Path(name): Path<String>, body: Option<Json<ReloadBody>>) -> Result<Response, ApiError> {
+    let body = body.map(|Json(b)| b).unwrap_or_default();
+    let opts = ReloadOptions { drain_timeout: body.drain_timeout_ms.map(Duration::from_millis), force: body.force, dry_run: body.dry_run };
+    let outcome = app.registry.reload(&name, &opts).await?;
+    let status = match &outcome {
+        ReloadOutcome::Rejected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        _ => StatusCode::OK,
+    };
+    Ok((status, Json(outcome_json(&outcome))).into_response())
+}
+
+fn outcome_json(outcome: &ReloadOutcome) -> Value {
+    match outcome {
+        ReloadOutcome::Rejected { module, errors } => json!({
+            "outcome": "rejected",
+            "module": module,
+            "error": "invalid module configuration; the current generation keeps serving",
+            "errors": errors.iter().map(super::error::error_json).collect::<Vec<_>>(),
+        }),
+        other => serde_json::to_value(other).unwrap_or(Value::Null),
+    }
+}

@@ -1,0 +1,101 @@
+//! Draining a replaced generation: its deliveries run to completion on the old code until the
+//! drain timeout, then get their cancellation signal, then are dropped after a short grace. When
+//! the last reference is gone its objects drop, the libraries no newer generation uses close, and
+//! each close is verified; the [`DrainReport`] records it all.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use super::generation::Generation;
+use super::report::{DrainReport, DrainStart, ForcedDrain, LibraryUnload, PluginBuild};
+use super::running::{Draining, Module};
+use crate::plugin::Library;
+
+/// Starts draining `old`, which `module` no longer routes to. `still_used` are the libraries of
+/// the generations that remain; the others are reported as they close. `force` cancels at once.
+pub fn start(module: &Arc<Module>, old: Arc<Generation>, still_used: &[Arc<Library>], timeout: Duration, force: bool) -> DrainStart {
+    let unloads: Arc<Mutex<Vec<LibraryUnload>>> = Arc::default();
+    for (name, lib) in &old.libraries {
+        if still_used.iter().any(|l| Arc::ptr_eq(l, lib)) {
+            continue;
+        }
+        let (unloads, plugin, build) = (unloads.clone(), name.clone(), PluginBuild::of(lib));
+        lib.on_unload(move |result| {
+            let unload = LibraryUnload { plugin, build, result: result.clone() };
+            unloads.lock().unwrap_or_else(|e| e.into_inner()).push(unload);
+        });
+    }
+    let force_token = CancellationToken::new();
+    if force {
+        force_token.cancel();
+    }
+    let (done, finished) = tokio::sync::watch::channel(false);
+    let start = DrainStart { generation: old.number, inflight: old.inflight.len(), drain_timeout_ms: timeout.as_millis() as u64 };
+    module.record().draining = Some(Draining {
+        generation: old.number,
+        started: Instant::now(),
+        timeout,
+        gen: Arc::downgrade(&old),
+        force: force_token.clone(),
+        finished,
+    });
+    let module = module.clone();
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let number = old.number;
+        let weak = Arc::downgrade(&old);
+        drop(old);
+        let mut cancelled = 0;
+        // Loop, because a dispatch that read the old generation just before the swap may still
+        // hand it a delivery; the deadline still bounds the whole drain.
+        while let Some(g) = weak.upgrade() {
+            if !g.inflight.is_empty() || !g.inflight.is_closed() {
+                cancelled += g.stop(deadline.saturating_duration_since(Instant::now()), &force_token).await;
+            }
+            drop(g);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let libraries = std::mem::take(&mut *unloads.lock().unwrap_or_else(|e| e.into_inner()));
+        let report = DrainReport {
+            generation: number,
+            cancelled,
+            forced: force_token.is_cancelled(),
+            duration_ms: started.elapsed().as_millis() as u64,
+            libraries,
+        };
+        let libraries: Vec<String> = report.libraries.iter().map(ToString::to_string).collect();
+        tracing::info!(module = %module.name, generation = number, cancelled, "generation drained; {}", libraries.join(", "));
+        let mut record = module.record();
+        if record.draining.as_ref().is_some_and(|d| d.generation == number) {
+            record.draining = None;
+        }
+        record.last_drain = Some(report);
+        drop(record);
+        let _ = done.send(true);
+    });
+    start
+}
+
+/// Cuts the current drain of `module` short, if there is one, and waits until it is over.
+pub async fn force_current(module: &Module) -> Option<ForcedDrain> {
+    let (generation, force, mut finished) = {
+        let record = module.record();
+        let d = record.draining.as_ref()?;
+        (d.generation, d.force.clone(), d.finished.clone())
+    };
+    force.cancel();
+    let _ = finished.wait_for(|done| *done).await;
+    let cancelled = module.record().last_drain.as_ref().filter(|d| d.generation == generation).map_or(0, |d| d.cancelled);
+    Some(ForcedDrain { generation, cancelled })
+}
+
+/// Waits until the drain of generation `number` (if any) is over.
+pub async fn wait(module: &Module, number: u64) {
+    let finished = module.record().draining.as_ref().filter(|d| d.generation == number).map(|d| d.finished.clone());
+    if let Some(mut finished) = finished {
+        let _ = finished.wait_for(|done| *done).await;
+    }
+}
