@@ -237,6 +237,7 @@ pub struct Daemon {
     child: Child,
     pub port: u16,
     log: Arc<(Mutex<Vec<String>>, Condvar)>,
+    env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -247,10 +248,16 @@ impl Daemon {
 
     /// Like [`start`](Self::start); on failure returns the daemon's output.
     pub fn try_start(dirs: &[&Path], env: &[(String, String)]) -> Result<Daemon, String> {
+        Self::try_start_with(dirs, &[], env)
+    }
+
+    /// Like [`try_start`](Self::try_start), with extra `orgloop start` flags.
+    pub fn try_start_with(dirs: &[&Path], flags: &[&str], env: &[(String, String)]) -> Result<Daemon, String> {
         let mut cmd = Command::new(orgloop_bin());
         cmd.arg("start")
             .args(dirs)
             .args(["--port", "0"])
+            .args(flags)
             .envs(env.iter().cloned())
             .env("NO_COLOR", "1");
         let mut child = cmd
@@ -271,11 +278,7 @@ impl Daemon {
                 }
             });
         }
-        let mut daemon = Daemon {
-            child,
-            port: 0,
-            log,
-        };
+        let mut daemon = Daemon { child, port: 0, log, env: env.to_vec() };
         let line = daemon.wait_log_or_exit("listening on http://127.0.0.1:")?;
         let port = line
             .split("http://127.0.0.1:")
@@ -304,6 +307,56 @@ impl Daemon {
 
     pub fn get(&self, path: &str) -> Reply {
         request("GET", &self.url(path), &[], b"")
+    }
+
+    /// Runs `orgloop <args> --port <this daemon's port>` with the daemon's environment.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let port = self.port.to_string();
+        let mut all = args.to_vec();
+        all.extend(["--port", &port]);
+        orgloop(&all, &self.env)
+    }
+
+    /// Runs a CLI command that prints JSON; returns its exit code and the JSON.
+    pub fn cli_json(&self, args: &[&str]) -> (i32, Value) {
+        let out = self.cli(args);
+        let json = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}):\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
+        (out.status.code().unwrap_or(-1), json)
+    }
+
+    /// A control API request with this daemon's token.
+    pub fn control(&self, method: &str, path: &str, body: Option<&Value>) -> Reply {
+        let home = &self.env.iter().find(|(k, _)| k == "ORGLOOP_HOME").unwrap().1;
+        let token = std::fs::read_to_string(Path::new(home).join("control").join(format!("{}.token", self.port))).unwrap();
+        let auth = format!("Bearer {}", token.trim());
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        request(method, &self.url(path), &[("authorization", &auth), ("content-type", "application/json")], body.as_bytes())
+    }
+
+    /// The module's status from the control API.
+    pub fn module_status(&self, name: &str) -> Value {
+        let reply = self.control("GET", &format!("/control/modules/{name}"), None);
+        assert_eq!(reply.status, 200, "{:?}", reply.json);
+        reply.json
+    }
+
+    /// Waits until `check` holds for module `name`'s status.
+    pub fn wait_status(&self, name: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let status = self.module_status(name);
+            if check(&status) {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; module status: {status:#}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Everything the daemon printed so far.

@@ -2,9 +2,17 @@
 //! One test binary (it links once); one module per behaviour.
 
 mod harness;
+mod swap;
 
 mod bad_input;
+mod churn;
+mod control;
+mod drain;
+mod isolation;
 mod loader;
 mod quickstart;
+mod reload;
+mod reload_rejects;
 mod routing;
+mod watch;
 mod webhook;
