@@ -25,7 +25,7 @@ fn two_hundred_rapid_reloads_keep_generations_memory_and_mappings_bounded() {
     swap_module(&module, "m", &sink, "1s");
     let daemon = Daemon::start(&[&module], &base_env(&dir.join("home")));
     let reload = |i: usize| {
-        install(&module, "http", if i % 2 == 0 { &v2 } else { &v1 });
+        install(&module, "http", if i.is_multiple_of(2) { &v2 } else { &v1 });
         let r = daemon.control("POST", "/control/modules/m/reload", Some(&json!({})));
         assert_eq!((r.status, r.json["outcome"].as_str()), (200, Some("swapped")), "reload {i}: {:?}", r.json);
         let status = daemon.module_status("m");

@@ -44,8 +44,8 @@ fn reloading_one_module_under_load_loses_nothing_and_leaves_the_other_alone() {
         })
     };
 
-    for i in 0..20 {
-        install(&dir.join("a"), "http", if i % 2 == 0 { &v2 } else { &v1 });
+    for i in 0..20u32 {
+        install(&dir.join("a"), "http", if i.is_multiple_of(2) { &v2 } else { &v1 });
         let (code, report) = daemon.cli_json(&["module", "reload", "a", "--json"]);
         assert_eq!((code, report["outcome"].as_str()), (0, Some("swapped")), "reload {i}: {report:#}");
         std::thread::sleep(Duration::from_millis(50));

@@ -4,6 +4,9 @@
 use crate::harness::*;
 use crate::swap::*;
 
+/// Breaks the module in one way.
+type Breakage<'a> = Box<dyn Fn() + 'a>;
+
 #[test]
 fn bad_reloads_are_rejected_and_the_old_generation_keeps_serving() {
     let dir = test_dir("reload_rejects");
@@ -15,7 +18,7 @@ fn bad_reloads_are_rejected_and_the_old_generation_keeps_serving() {
     let good_connectors = std::fs::read_to_string(module.join("connectors/c.yaml")).unwrap();
     let good_project = std::fs::read_to_string(module.join("orgloop.yaml")).unwrap();
     let fixture = build_dir().join("liborgloop_fixture_abi_mismatch.so");
-    let cases: Vec<(&str, Box<dyn Fn()>, &str)> = vec![
+    let cases: Vec<(&str, Breakage, &str)> = vec![
         ("malformed YAML", Box::new(|| write_files(&module, &[("routes/r.yaml", "routes: [{name: x")])), "routes/r.yaml:2:1"),
         (
             "unknown reference",
