@@ -40,7 +40,10 @@ pub struct Node {
     bits: u64,
 }
 
-/// A JSON document in flat form. See the [module docs](self).
+/// A JSON document in flat form: a node array in document order and one string arena, with a
+/// stable layout, so the daemon can lend it to a plugin by reference and copy it with two
+/// `memcpy`s. Read it through [`ValueRef`] ([`Doc::root`]); build one from a `serde_json::Value`
+/// ([`Doc::from_json`]) or from JSON text ([`Doc::parse`]).
 #[repr(C)]
 #[derive(StableAbi, Clone, PartialEq)]
 pub struct Doc {
@@ -117,7 +120,8 @@ impl fmt::Debug for Doc {
     }
 }
 
-/// A borrowed view of one value inside a [`Doc`].
+/// A borrowed view of one value inside a [`Doc`]: read it with `as_str`, `as_i64`, `get`,
+/// `path` (dot paths such as `payload.pr.number`), `items` and `entries`.
 #[derive(Clone, Copy)]
 pub struct ValueRef<'a> {
     doc: &'a Doc,

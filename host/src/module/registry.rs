@@ -174,9 +174,19 @@ impl Registry {
     /// running plugin constructors must not stall the event path.
     pub(super) async fn stage(&self, module: &Arc<Module>, spec: Arc<ModuleSpec>, previous: Option<Arc<Generation>>) -> Result<Arc<Generation>, LoadError> {
         let weak: Weak<Module> = Arc::downgrade(module);
-        let emitter: Emitter = Arc::new(move |event| match weak.upgrade() {
-            Some(m) => m.accept(event, None),
-            None => Err("the module was unloaded".into()),
+        // Emitted events are routed on a task of their own, never inside the plugin call that
+        // emitted them: a transform that emits from `apply` would otherwise recurse into itself.
+        let emitter: Emitter = Arc::new(move |event| {
+            let m = weak.upgrade().ok_or("the module was unloaded")?;
+            if m.current().is_none() {
+                return Err(format!("module {} is not running", m.name));
+            }
+            tokio::spawn(async move {
+                if let Err(e) = m.accept(event, None) {
+                    tracing::warn!(module = %m.name, "emitted event dropped: {e}");
+                }
+            });
+            Ok(())
         });
         let (loader, http) = (self.loader.clone(), self.http.clone());
         let route_stats = module.route_stats();
