@@ -285,9 +285,11 @@ transforms:
 }
 
 /// A registry with one module of `routes` routes, loaded from `dir`.
-fn load_module(rt: &Runtime, dir: &Path, routes: usize) -> (Registry, Arc<Module>) {
+fn load_module(rt: &Runtime, dir: &Path, routes: usize) -> (Arc<Registry>, Arc<Module>) {
     write_module(&dir.join("module"), "bench", routes);
-    let registry = Registry::new(Loader::new(PluginStore::new(dir.join("store"))));
+    let registry = Arc::new(Registry::new(Loader::new(PluginStore::new(
+        dir.join("store"),
+    ))));
     let module = rt
         .block_on(registry.load(&dir.join("module")))
         .unwrap_or_else(|e| panic!("load the bench module: {e}"));
