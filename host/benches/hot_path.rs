@@ -392,7 +392,7 @@ fn route_match(c: &mut Criterion) {
         let matching = |g: &Generation, e: &Event| {
             g.routes_for(e.source())
                 .iter()
-                .filter(|&&i| g.routes[i].matches(e))
+                .filter(|&&i| g.routes[i].matches(e, e.event_type()))
                 .count()
         };
         assert_eq!(matching(&generation, &event), 1);

@@ -76,6 +76,25 @@ impl Doc {
         b.finish()
     }
 
+    /// Like [`from_json`](Self::from_json), with the root object's `first` keys (those present)
+    /// placed first, in that order, so that reading them scans the fewest entries.
+    #[doc(hidden)]
+    pub fn from_json_keys_first(value: &Json, first: &[&str]) -> Doc {
+        let Json::Object(map) = value else {
+            return Doc::from_json(value);
+        };
+        let mut b = Builder::default();
+        let at = b.open(OBJECT);
+        let firsts = first.iter().filter_map(|k| map.get_key_value(*k));
+        let rest = map.iter().filter(|(k, _)| !first.contains(&k.as_str()));
+        for (k, v) in firsts.chain(rest) {
+            b.string(k);
+            b.push_json(v);
+        }
+        b.close(at, map.len());
+        b.finish()
+    }
+
     /// Parses JSON text straight into a `Doc`, without an intermediate `serde_json::Value`.
     pub fn parse(text: &[u8]) -> Result<Doc, serde_json::Error> {
         let mut de = serde_json::Deserializer::from_slice(text);

@@ -13,7 +13,10 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 fn mappings(pid: u32) -> usize {
-    std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap().lines().count()
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap()
+        .lines()
+        .count()
 }
 
 #[test]
@@ -27,9 +30,17 @@ fn two_hundred_rapid_reloads_keep_generations_memory_and_mappings_bounded() {
     let reload = |i: usize| {
         install(&module, "http", if i.is_multiple_of(2) { &v2 } else { &v1 });
         let r = daemon.control("POST", "/control/modules/m/reload", Some(&json!({})));
-        assert_eq!((r.status, r.json["outcome"].as_str()), (200, Some("swapped")), "reload {i}: {:?}", r.json);
+        assert_eq!(
+            (r.status, r.json["outcome"].as_str()),
+            (200, Some("swapped")),
+            "reload {i}: {:?}",
+            r.json
+        );
         let status = daemon.module_status("m");
-        assert!(status["draining"].as_array().unwrap().len() <= 1, "more than two generations: {status:#}");
+        assert!(
+            status["draining"].as_array().unwrap().len() <= 1,
+            "more than two generations: {status:#}"
+        );
     };
     for i in 0..20 {
         reload(i);
@@ -41,12 +52,20 @@ fn two_hundred_rapid_reloads_keep_generations_memory_and_mappings_bounded() {
             assert_eq!(daemon.post("m-in", &note(i as u64)).status, 202);
         }
     }
-    daemon.wait_status("m", "the last drain", |s| s["draining"].as_array().unwrap().is_empty());
+    daemon.wait_status("m", "the last drain", |s| {
+        s["draining"].as_array().unwrap().is_empty()
+    });
     let (rss1, maps1) = (rss_kib(daemon.pid()), mappings(daemon.pid()));
-    assert!(rss1 < rss0 + rss0 / 2 + 20_000, "RSS grew from {rss0} KiB to {rss1} KiB");
+    assert!(
+        rss1 < rss0 + rss0 / 2 + 20_000,
+        "RSS grew from {rss0} KiB to {rss1} KiB"
+    );
     assert!(maps1 < maps0 + 40, "mappings grew from {maps0} to {maps1}");
     let last = daemon.module_status("m")["last_drain"].clone();
-    assert_eq!(last["libraries"][0]["result"]["state"], "unloaded", "{last:#}");
+    assert_eq!(
+        last["libraries"][0]["result"]["state"], "unloaded",
+        "{last:#}"
+    );
     assert_eq!(daemon.module_status("m")["generation"]["number"], 201);
     sink.wait_for(18);
 }

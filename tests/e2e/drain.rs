@@ -17,7 +17,10 @@ fn stopped(sink: &Sink) -> Vec<(String, String)> {
         .filter(|r| r.body["config"]["tag"] == "done")
         .map(|r| {
             let p = &r.body["event"]["payload"];
-            (p["session"]["adapter_version"].as_str().unwrap().to_owned(), p["lifecycle"]["outcome"].as_str().unwrap().to_owned())
+            (
+                p["session"]["adapter_version"].as_str().unwrap().to_owned(),
+                p["lifecycle"]["outcome"].as_str().unwrap().to_owned(),
+            )
         })
         .collect()
 }
@@ -37,19 +40,30 @@ fn a_session_in_flight_finishes_on_v1_and_v1_unloads_only_afterwards() {
     let (code, report) = daemon.cli_json(&["module", "reload", "m", "--json"]);
     assert_eq!(code, 0, "{report:#}");
     assert_eq!(report["draining"]["generation"], 1);
-    assert_eq!(report["draining"]["inflight"], 1, "the session runs on in generation 1");
+    assert_eq!(
+        report["draining"]["inflight"], 1,
+        "the session runs on in generation 1"
+    );
 
     // While it runs, the old library is still there, and new sessions start on v2.
     let status = daemon.module_status("m");
     assert_eq!(status["draining"][0]["generation"], 1);
     assert_eq!(status["draining"][0]["inflight"], 1);
-    assert!(status["last_drain"].is_null(), "nothing unloaded yet: {status:#}");
+    assert!(
+        status["last_drain"].is_null(),
+        "nothing unloaded yet: {status:#}"
+    );
     assert_eq!(daemon.post("m-in", &task()).status, 202);
 
-    let drained = daemon.wait_status("m", "generation 1 to drain", |s| s["last_drain"]["generation"] == 1);
+    let drained = daemon.wait_status("m", "generation 1 to drain", |s| {
+        s["last_drain"]["generation"] == 1
+    });
     let drain = &drained["last_drain"];
     assert_eq!(drain["cancelled"], 0);
-    assert!(drain["duration_ms"].as_u64().unwrap() >= 1000, "unloaded only after the session ended: {drain:#}");
+    assert!(
+        drain["duration_ms"].as_u64().unwrap() >= 1000,
+        "unloaded only after the session ended: {drain:#}"
+    );
     assert_eq!(drain["libraries"][0]["plugin"], "agent");
     assert_eq!(drain["libraries"][0]["build"]["version"], "0.1.0");
     assert_eq!(drain["libraries"][0]["result"]["state"], "unloaded");
@@ -57,7 +71,13 @@ fn a_session_in_flight_finishes_on_v1_and_v1_unloads_only_afterwards() {
     sink.wait_for(2);
     let mut sessions = stopped(&sink);
     sessions.sort();
-    assert_eq!(sessions, [("0.1.0".to_owned(), "success".to_owned()), ("0.2.0".to_owned(), "success".to_owned())]);
+    assert_eq!(
+        sessions,
+        [
+            ("0.1.0".to_owned(), "success".to_owned()),
+            ("0.2.0".to_owned(), "success".to_owned())
+        ]
+    );
 }
 
 #[test]
@@ -71,15 +91,30 @@ fn the_drain_timeout_cancels_what_still_runs_and_reports_it() {
     assert_eq!(daemon.post("m-in", &task()).status, 202);
     daemon.wait_log("session ses_");
     install(&module, "agent", &v2);
-    let (code, report) = daemon.cli_json(&["module", "reload", "m", "--drain-timeout", "300ms", "--wait", "--json"]);
+    let (code, report) = daemon.cli_json(&[
+        "module",
+        "reload",
+        "m",
+        "--drain-timeout",
+        "300ms",
+        "--wait",
+        "--json",
+    ]);
     assert_eq!(code, 0, "{report:#}");
     assert_eq!(report["draining"]["drain_timeout_ms"], 300);
     let drain = &report["drain"];
-    assert_eq!((drain["cancelled"].as_u64(), drain["forced"].as_bool()), (Some(1), Some(false)), "{drain:#}");
+    assert_eq!(
+        (drain["cancelled"].as_u64(), drain["forced"].as_bool()),
+        (Some(1), Some(false)),
+        "{drain:#}"
+    );
     assert_eq!(drain["libraries"][0]["result"]["state"], "unloaded");
     // The cancelled session still reported its end, from v1, through its cancellation signal.
     sink.wait_for(1);
-    assert_eq!(stopped(&sink), [("0.1.0".to_owned(), "cancelled".to_owned())]);
+    assert_eq!(
+        stopped(&sink),
+        [("0.1.0".to_owned(), "cancelled".to_owned())]
+    );
 }
 
 #[test]

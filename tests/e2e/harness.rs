@@ -252,7 +252,11 @@ impl Daemon {
     }
 
     /// Like [`try_start`](Self::try_start), with extra `orgloop start` flags.
-    pub fn try_start_with(dirs: &[&Path], flags: &[&str], env: &[(String, String)]) -> Result<Daemon, String> {
+    pub fn try_start_with(
+        dirs: &[&Path],
+        flags: &[&str],
+        env: &[(String, String)],
+    ) -> Result<Daemon, String> {
         let mut cmd = Command::new(orgloop_bin());
         cmd.arg("start")
             .args(dirs)
@@ -278,7 +282,12 @@ impl Daemon {
                 }
             });
         }
-        let mut daemon = Daemon { child, port: 0, log, env: env.to_vec() };
+        let mut daemon = Daemon {
+            child,
+            port: 0,
+            log,
+            env: env.to_vec(),
+        };
         let line = daemon.wait_log_or_exit("listening on http://127.0.0.1:")?;
         let port = line
             .split("http://127.0.0.1:")
@@ -320,18 +329,41 @@ impl Daemon {
     /// Runs a CLI command that prints JSON; returns its exit code and the JSON.
     pub fn cli_json(&self, args: &[&str]) -> (i32, Value) {
         let out = self.cli(args);
-        let json = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}):\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
+        let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{args:?} printed no JSON ({e}):\n{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
         (out.status.code().unwrap_or(-1), json)
     }
 
     /// A control API request with this daemon's token.
     pub fn control(&self, method: &str, path: &str, body: Option<&Value>) -> Reply {
-        let home = &self.env.iter().find(|(k, _)| k == "ORGLOOP_HOME").unwrap().1;
-        let token = std::fs::read_to_string(Path::new(home).join("control").join(format!("{}.token", self.port))).unwrap();
+        let home = &self
+            .env
+            .iter()
+            .find(|(k, _)| k == "ORGLOOP_HOME")
+            .unwrap()
+            .1;
+        let token = std::fs::read_to_string(
+            Path::new(home)
+                .join("control")
+                .join(format!("{}.token", self.port)),
+        )
+        .unwrap();
         let auth = format!("Bearer {}", token.trim());
         let body = body.map(|b| b.to_string()).unwrap_or_default();
-        request(method, &self.url(path), &[("authorization", &auth), ("content-type", "application/json")], body.as_bytes())
+        request(
+            method,
+            &self.url(path),
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
+            body.as_bytes(),
+        )
     }
 
     /// The module's status from the control API.
@@ -349,7 +381,10 @@ impl Daemon {
             if check(&status) {
                 return status;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; module status: {status:#}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; module status: {status:#}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

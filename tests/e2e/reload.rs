@@ -21,17 +21,56 @@ fn reload_swaps_v1_for_v2_and_the_sink_sees_which_delivered() {
     let (code, report) = daemon.cli_json(&["module", "reload", "m", "--wait", "--json"]);
     assert_eq!(code, 0, "{report:#}");
     assert_eq!(report["outcome"], "swapped");
-    assert_eq!((report["from_generation"].as_u64(), report["to_generation"].as_u64()), (Some(1), Some(2)));
-    let http = report["plugins"].as_array().unwrap().iter().find(|p| p["name"] == "http").unwrap();
-    assert_eq!((http["old"]["version"].as_str(), http["new"]["version"].as_str()), (Some("0.1.0"), Some("0.2.0")));
+    assert_eq!(
+        (
+            report["from_generation"].as_u64(),
+            report["to_generation"].as_u64()
+        ),
+        (Some(1), Some(2))
+    );
+    let http = report["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "http")
+        .unwrap();
+    assert_eq!(
+        (
+            http["old"]["version"].as_str(),
+            http["new"]["version"].as_str()
+        ),
+        (Some("0.1.0"), Some("0.2.0"))
+    );
     assert_ne!(http["old"]["hash"], http["new"]["hash"]);
-    let agent = report["plugins"].as_array().unwrap().iter().find(|p| p["name"] == "agent").unwrap();
+    let agent = report["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "agent")
+        .unwrap();
     assert_eq!(agent["old"], agent["new"], "the agent build did not change");
-    assert_eq!(report["diff"]["actors"]["changed"], serde_json::json!(["out"]));
-    assert_eq!(report["diff"]["actors"]["kept"], serde_json::json!(["worker"]));
-    assert_eq!(report["diff"]["routes"]["kept"].as_array().unwrap().len(), 3);
-    let unloaded: Vec<&Value> = report["drain"]["libraries"].as_array().unwrap().iter().collect();
-    assert_eq!(unloaded.len(), 1, "only the old http build retires: {report:#}");
+    assert_eq!(
+        report["diff"]["actors"]["changed"],
+        serde_json::json!(["out"])
+    );
+    assert_eq!(
+        report["diff"]["actors"]["kept"],
+        serde_json::json!(["worker"])
+    );
+    assert_eq!(
+        report["diff"]["routes"]["kept"].as_array().unwrap().len(),
+        3
+    );
+    let unloaded: Vec<&Value> = report["drain"]["libraries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .collect();
+    assert_eq!(
+        unloaded.len(),
+        1,
+        "only the old http build retires: {report:#}"
+    );
     assert_eq!(unloaded[0]["plugin"], "http");
     assert_eq!(unloaded[0]["build"]["version"], "0.1.0");
     assert_eq!(unloaded[0]["result"]["state"], "unloaded");
@@ -65,11 +104,19 @@ fn a_config_change_applies_to_the_next_event_and_unchanged_objects_keep_their_st
     // A dedup transform on the route: its window must survive a reload that does not touch it.
     let project = std::fs::read_to_string(module.join("orgloop.yaml")).unwrap()
         + "transforms: [transforms/t.yaml]\n";
-    let project = project.replace("plugins:\n", &format!("plugins:\n  - {{name: filters, path: {}}}\n", plugin("filters").display()));
-    let routes = std::fs::read_to_string(module.join("routes/r.yaml")).unwrap().replace(
-        "    then: {actor: out, config: {tag: note}}",
-        "    transforms: [{ref: dedup}]\n    then: {actor: out, config: {tag: note}}",
+    let project = project.replace(
+        "plugins:\n",
+        &format!(
+            "plugins:\n  - {{name: filters, path: {}}}\n",
+            plugin("filters").display()
+        ),
     );
+    let routes = std::fs::read_to_string(module.join("routes/r.yaml"))
+        .unwrap()
+        .replace(
+            "    then: {actor: out, config: {tag: note}}",
+            "    transforms: [{ref: dedup}]\n    then: {actor: out, config: {tag: note}}",
+        );
     write_files(
         &module,
         &[
@@ -82,16 +129,35 @@ fn a_config_change_applies_to_the_next_event_and_unchanged_objects_keep_their_st
     assert_eq!(daemon.post("m-in", &note(1)).status, 202);
     assert_eq!(sink.wait_for(1)[0].body["config"]["tag"], "note");
 
-    write_files(&module, &[("routes/r.yaml", &routes.replace("tag: note", "tag: changed"))]);
+    write_files(
+        &module,
+        &[(
+            "routes/r.yaml",
+            &routes.replace("tag: note", "tag: changed"),
+        )],
+    );
     let (code, report) = daemon.cli_json(&["module", "reload", "m", "--json"]);
     assert_eq!(code, 0, "{report:#}");
-    assert_eq!(report["diff"]["routes"]["changed"], serde_json::json!(["deliver"]));
-    assert_eq!(report["diff"]["transforms"]["kept"], serde_json::json!(["dedup"]));
+    assert_eq!(
+        report["diff"]["routes"]["changed"],
+        serde_json::json!(["deliver"])
+    );
+    assert_eq!(
+        report["diff"]["transforms"]["kept"],
+        serde_json::json!(["dedup"])
+    );
     assert!(report["drain"].is_null() && report["draining"]["generation"] == 1);
 
-    assert_eq!(daemon.post("m-in", &note(1)).status, 202, "a duplicate of the first note");
+    assert_eq!(
+        daemon.post("m-in", &note(1)).status,
+        202,
+        "a duplicate of the first note"
+    );
     assert_eq!(daemon.post("m-in", &note(2)).status, 202);
     let got = sink.wait_for(2);
     assert_eq!(got[1].body["config"]["tag"], "changed");
-    assert_eq!(got[1].body["event"]["payload"]["n"], 2, "the dedup window carried over and dropped note 1");
+    assert_eq!(
+        got[1].body["event"]["payload"]["n"], 2,
+        "the dedup window carried over and dropped note 1"
+    );
 }

@@ -23,7 +23,14 @@ pub fn swap_module(dir: &Path, name: &str, sink: &Sink, session: &str) {
     let routes = format!(
         "routes:\n  - name: deliver\n    when: {{source: {name}-in, events: [resource.changed], filter: {{payload.kind: note}}}}\n    then: {{actor: out, config: {{tag: note}}}}\n  - name: work\n    when: {{source: {name}-in, events: [resource.changed], filter: {{payload.kind: task}}}}\n    then: {{actor: worker}}\n  - name: done\n    when: {{source: worker, events: [actor.stopped]}}\n    then: {{actor: out, config: {{tag: done}}}}\n"
     );
-    write_files(dir, &[("orgloop.yaml", &project), ("connectors/c.yaml", &connectors), ("routes/r.yaml", &routes)]);
+    write_files(
+        dir,
+        &[
+            ("orgloop.yaml", &project),
+            ("connectors/c.yaml", &connectors),
+            ("routes/r.yaml", &routes),
+        ],
+    );
 }
 
 /// Replaces plugin `name`'s library in the module with `build` (write beside, then rename).
@@ -46,5 +53,7 @@ pub fn note(n: u64) -> Value {
 
 /// The http plugin version that delivered a request the sink received.
 pub fn delivered_by(r: &Received) -> &str {
-    r.body["delivered_by"]["version"].as_str().unwrap_or_default()
+    r.body["delivered_by"]["version"]
+        .as_str()
+        .unwrap_or_default()
 }

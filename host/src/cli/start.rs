@@ -44,13 +44,21 @@ pub fn run(args: StartArgs) -> ExitCode {
     init_tracing();
     let listener = match std::net::TcpListener::bind(("127.0.0.1", args.port)) {
         Ok(l) => l,
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && token_path(args.port).exists() => return register_into_running(&args),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && token_path(args.port).exists() => {
+            return register_into_running(&args)
+        }
         Err(e) => {
-            eprintln!("error: cannot listen on 127.0.0.1:{}: {e} (choose another port with --port)", args.port);
+            eprintln!(
+                "error: cannot listen on 127.0.0.1:{}: {e} (choose another port with --port)",
+                args.port
+            );
             return ExitCode::from(exit::FAILURE);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -69,8 +77,15 @@ fn register_into_running(args: &StartArgs) -> ExitCode {
             return ExitCode::from(exit::FAILURE);
         }
     };
-    println!("orgloop already runs on port {}; loading the modules into it", args.port);
-    let dirs = if args.modules.is_empty() { vec![PathBuf::from(".")] } else { args.modules.clone() };
+    println!(
+        "orgloop already runs on port {}; loading the modules into it",
+        args.port
+    );
+    let dirs = if args.modules.is_empty() {
+        vec![PathBuf::from(".")]
+    } else {
+        args.modules.clone()
+    };
     let worst = dirs
         .into_iter()
         .map(|dir| super::module::load::run(&client, &super::module::load::LoadArgs { dir }))
@@ -84,7 +99,10 @@ async fn daemon(args: StartArgs, listener: std::net::TcpListener) -> u8 {
     crate::home::clean_stale_runs();
     let store = PluginStore::new(crate::home::run_dir().join("plugins"));
     let registry = Arc::new(Registry::new(Loader::new(store.clone())));
-    let listener = match listener.set_nonblocking(true).and_then(|()| TcpListener::from_std(listener)) {
+    let listener = match listener
+        .set_nonblocking(true)
+        .and_then(|()| TcpListener::from_std(listener))
+    {
         Ok(l) => l,
         Err(e) => {
             eprintln!("error: cannot use the listening socket: {e}");
@@ -95,12 +113,19 @@ async fn daemon(args: StartArgs, listener: std::net::TcpListener) -> u8 {
     let token = match create_token(port) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("error: cannot write the control token {}: {e}", token_path(port).display());
+            eprintln!(
+                "error: cannot write the control token {}: {e}",
+                token_path(port).display()
+            );
             return exit::FAILURE;
         }
     };
 
-    let dirs = if args.modules.is_empty() { vec![PathBuf::from(".")] } else { args.modules.clone() };
+    let dirs = if args.modules.is_empty() {
+        vec![PathBuf::from(".")]
+    } else {
+        args.modules.clone()
+    };
     let mut loaded = Vec::new();
     let mut invalid = false;
     for dir in &dirs {
@@ -114,7 +139,11 @@ async fn daemon(args: StartArgs, listener: std::net::TcpListener) -> u8 {
     }
     if loaded.is_empty() {
         cleanup(&store, port, &token);
-        return if invalid { exit::INVALID } else { exit::FAILURE };
+        return if invalid {
+            exit::INVALID
+        } else {
+            exit::FAILURE
+        };
     }
     if args.watch {
         registry.watch_all(args.debounce);
@@ -128,9 +157,17 @@ async fn daemon(args: StartArgs, listener: std::net::TcpListener) -> u8 {
         "orgloop listening on http://127.0.0.1:{port}"
     );
 
-    let state = AppState { registry: registry.clone(), started, port, token: Arc::from(token.as_str()) };
+    let state = AppState {
+        registry: registry.clone(),
+        started,
+        port,
+        token: Arc::from(token.as_str()),
+    };
     let result = server::serve(listener, state, shutdown_signal()).await;
-    tracing::info!("shutting down: waiting up to {:?} for in-flight deliveries", args.shutdown_timeout);
+    tracing::info!(
+        "shutting down: waiting up to {:?} for in-flight deliveries",
+        args.shutdown_timeout
+    );
     registry.shutdown(args.shutdown_timeout).await;
     drop(registry);
     cleanup(&store, port, &token);
@@ -153,7 +190,9 @@ fn cleanup(store: &PluginStore, port: u16, token: &str) {
 
 /// SIGHUP reloads every module (so a service manager's reload works).
 async fn reload_on_sighup(registry: Arc<Registry>) {
-    let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
     while hup.recv().await.is_some() {
         tracing::info!("SIGHUP: reloading every module");
         for m in registry.modules() {
@@ -161,7 +200,9 @@ async fn reload_on_sighup(registry: Arc<Registry>) {
                 Ok(ReloadOutcome::Rejected { errors, .. }) => {
                     tracing::warn!(module = %m.name, "reload rejected; the current generation keeps serving:\n{}", render_errors(&errors))
                 }
-                Ok(ReloadOutcome::Unchanged(_)) => tracing::info!(module = %m.name, "nothing changed"),
+                Ok(ReloadOutcome::Unchanged(_)) => {
+                    tracing::info!(module = %m.name, "nothing changed")
+                }
                 _ => {}
             }
         }
@@ -169,7 +210,10 @@ async fn reload_on_sighup(registry: Arc<Registry>) {
 }
 
 async fn shutdown_signal() {
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         return std::future::pending().await;
     };
     tokio::select! {
@@ -179,6 +223,11 @@ async fn shutdown_signal() {
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("ORGLOOP_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ORGLOOP_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
 }

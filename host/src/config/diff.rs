@@ -18,7 +18,12 @@ pub struct Difference {
 
 impl Difference {
     /// Compares two lists of named items with `same`.
-    fn of<T>(old: &[T], new: &[T], name: impl Fn(&T) -> &str, same: impl Fn(&T, &T) -> bool) -> Difference {
+    fn of<T>(
+        old: &[T],
+        new: &[T],
+        name: impl Fn(&T) -> &str,
+        same: impl Fn(&T, &T) -> bool,
+    ) -> Difference {
         let mut d = Difference::default();
         for n in new {
             match old.iter().find(|o| name(o) == name(n)) {
@@ -27,7 +32,11 @@ impl Difference {
                 Some(_) => d.changed.push(name(n).to_owned()),
             }
         }
-        d.removed = old.iter().filter(|o| !new.iter().any(|n| name(n) == name(o))).map(|o| name(o).to_owned()).collect();
+        d.removed = old
+            .iter()
+            .filter(|o| !new.iter().any(|n| name(n) == name(o)))
+            .map(|o| name(o).to_owned())
+            .collect();
         d
     }
 
@@ -55,29 +64,64 @@ pub struct ConfigDiff {
 impl ConfigDiff {
     /// Compares `old` with `new`. `plugin_rebuilt(name)` says whether plugin `name` is now a
     /// different build (or was added): every object from it then counts as changed.
-    pub fn between(old: &ModuleSpec, new: &ModuleSpec, plugin_rebuilt: impl Fn(&str) -> bool) -> ConfigDiff {
+    pub fn between(
+        old: &ModuleSpec,
+        new: &ModuleSpec,
+        plugin_rebuilt: impl Fn(&str) -> bool,
+    ) -> ConfigDiff {
         ConfigDiff {
             routes: Difference::of(&old.routes, &new.routes, |r| &r.name, same_route),
-            transforms: Difference::of(&old.transforms, &new.transforms, |t| &t.name, |a, b| {
-                same_transform(a, b) && !plugin_rebuilt(&b.symbol.plugin)
-            }),
-            sources: Difference::of(&old.sources, &new.sources, |s| &s.id, |a, b| {
-                same_source(a, b) && source_plugin(b).is_none_or(|p| !plugin_rebuilt(p))
-            }),
-            actors: Difference::of(&old.actors, &new.actors, |a| &a.id, |a, b| same_actor(a, b) && !plugin_rebuilt(&b.symbol.plugin)),
-            settings_changed: old.loggers != new.loggers || old.drain_timeout != new.drain_timeout || old.description != new.description,
+            transforms: Difference::of(
+                &old.transforms,
+                &new.transforms,
+                |t| &t.name,
+                |a, b| same_transform(a, b) && !plugin_rebuilt(&b.symbol.plugin),
+            ),
+            sources: Difference::of(
+                &old.sources,
+                &new.sources,
+                |s| &s.id,
+                |a, b| same_source(a, b) && source_plugin(b).is_none_or(|p| !plugin_rebuilt(p)),
+            ),
+            actors: Difference::of(
+                &old.actors,
+                &new.actors,
+                |a| &a.id,
+                |a, b| same_actor(a, b) && !plugin_rebuilt(&b.symbol.plugin),
+            ),
+            settings_changed: old.loggers != new.loggers
+                || old.drain_timeout != new.drain_timeout
+                || old.description != new.description,
         }
     }
 
     /// Whether the reload would change nothing at all.
     pub fn is_empty(&self) -> bool {
-        ![&self.routes, &self.transforms, &self.sources, &self.actors].iter().any(|d| d.touched()) && !self.settings_changed
+        ![&self.routes, &self.transforms, &self.sources, &self.actors]
+            .iter()
+            .any(|d| d.touched())
+            && !self.settings_changed
     }
 }
 
 fn same_route(a: &RouteSpec, b: &RouteSpec) -> bool {
-    (&a.source, &a.events, &a.filter, &a.transforms, &a.actor, &a.config, &a.prompt_file)
-        == (&b.source, &b.events, &b.filter, &b.transforms, &b.actor, &b.config, &b.prompt_file)
+    (
+        &a.source,
+        &a.events,
+        &a.filter,
+        &a.transforms,
+        &a.actor,
+        &a.config,
+        &a.prompt_file,
+    ) == (
+        &b.source,
+        &b.events,
+        &b.filter,
+        &b.transforms,
+        &b.actor,
+        &b.config,
+        &b.prompt_file,
+    )
 }
 
 pub fn same_transform(a: &TransformSpec, b: &TransformSpec) -> bool {
@@ -144,7 +188,11 @@ mod tests {
 
         let rebuilt = ConfigDiff::between(&v1, &same, |p| p == "p");
         assert_eq!(rebuilt.actors.changed, ["a", "b"]);
-        assert_eq!(rebuilt.sources.kept, ["s"], "webhook sources are not plugin objects");
+        assert_eq!(
+            rebuilt.sources.kept,
+            ["s"],
+            "webhook sources are not plugin objects"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -15,7 +15,9 @@ use super::AppState;
 
 /// Where the token of the daemon on `port` is kept.
 pub fn token_path(port: u16) -> PathBuf {
-    crate::home::home().join("control").join(format!("{port}.token"))
+    crate::home::home()
+        .join("control")
+        .join(format!("{port}.token"))
 }
 
 /// Draws a new token and writes it (mode 0600, in a 0700 directory).
@@ -28,7 +30,11 @@ pub fn create_token(port: u16) -> std::io::Result<String> {
     std::fs::create_dir_all(dir)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     let _ = std::fs::remove_file(&path);
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?;
     f.write_all(token.as_bytes())?;
     Ok(token)
 }
@@ -40,7 +46,11 @@ pub fn read_token(port: u16) -> std::io::Result<String> {
 
 /// Middleware: `Authorization: Bearer <token>` on every `/control/` request.
 pub async fn require_token(State(app): State<AppState>, request: Request, next: Next) -> Response {
-    let given = request.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let given = request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
     if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), app.token.as_bytes())) {
         return ApiError::Unauthorized.into_response();
     }

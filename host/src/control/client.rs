@@ -33,12 +33,20 @@ impl Client {
                 token_path(port).display()
             )
         })?;
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
         let http = {
             let _guard = runtime.enter();
             Hyper::builder(TokioExecutor::new()).build_http()
         };
-        Ok(Client { port, token, runtime, http })
+        Ok(Client {
+            port,
+            token,
+            runtime,
+            http,
+        })
     }
 
     pub fn get(&self, path: &str) -> Result<Answer, String> {
@@ -55,17 +63,33 @@ impl Client {
 
     fn send(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Answer, String> {
         let url = format!("http://127.0.0.1:{}{path}", self.port);
-        let mut req = hyper::Request::builder().method(method).uri(&url).header("authorization", format!("Bearer {}", self.token));
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(&url)
+            .header("authorization", format!("Bearer {}", self.token));
         if body.is_some() {
             req = req.header("content-type", "application/json");
         }
         let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
         let req = req.body(Full::new(bytes)).map_err(|e| e.to_string())?;
         self.runtime.block_on(async {
-            let resp = self.http.request(req).await.map_err(|e| format!("cannot reach the orgloop daemon on 127.0.0.1:{}: {e}", self.port))?;
+            let resp = self.http.request(req).await.map_err(|e| {
+                format!(
+                    "cannot reach the orgloop daemon on 127.0.0.1:{}: {e}",
+                    self.port
+                )
+            })?;
             let status = resp.status().as_u16();
-            let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-            Ok(Answer { status, body: serde_json::from_slice(&body).unwrap_or(Value::Null) })
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            Ok(Answer {
+                status,
+                body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+            })
         })
     }
 }

@@ -30,7 +30,9 @@ impl From<LoadError> for ApiError {
         match e {
             LoadError::Invalid(errors) => ApiError::Invalid(errors),
             LoadError::Conflict(why) => ApiError::Conflict(why),
-            LoadError::NotFound(name) => ApiError::NotFound(format!("no module named {name:?} is loaded")),
+            LoadError::NotFound(name) => {
+                ApiError::NotFound(format!("no module named {name:?} is loaded"))
+            }
         }
     }
 }
@@ -39,9 +41,10 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, body) = match self {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, json!({"error": m})),
-            ApiError::Unauthorized => {
-                (StatusCode::UNAUTHORIZED, json!({"error": "missing or wrong bearer token (the CLI reads it from the daemon's token file)"}))
-            }
+            ApiError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                json!({"error": "missing or wrong bearer token (the CLI reads it from the daemon's token file)"}),
+            ),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, json!({"error": m})),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, json!({"error": m})),
             ApiError::Invalid(errors) => (
@@ -50,7 +53,10 @@ impl IntoResponse for ApiError {
             ),
             ApiError::Internal(m) => {
                 tracing::error!("internal error in the control API: {m}");
-                (StatusCode::INTERNAL_SERVER_ERROR, json!({"error": "internal error; see the daemon's log"}))
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    json!({"error": "internal error; see the daemon's log"}),
+                )
             }
         };
         (status, Json(body)).into_response()

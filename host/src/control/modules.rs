@@ -19,8 +19,11 @@ use crate::module::{Module, ReloadOptions};
 /// A module's state, as `GET /control/modules/<name>` shows it.
 pub fn module_json(m: &Module) -> Value {
     let generation = m.current().map(|g| {
-        let plugins: Vec<Value> =
-            g.libraries.iter().map(|(name, lib)| json!({"name": name, "build": PluginBuild::of(lib)})).collect();
+        let plugins: Vec<Value> = g
+            .libraries
+            .iter()
+            .map(|(name, lib)| json!({"name": name, "build": PluginBuild::of(lib)}))
+            .collect();
         json!({
             "number": g.number,
             "plugins": plugins,
@@ -63,12 +66,24 @@ pub fn module_json(m: &Module) -> Value {
 
 /// `GET /control/modules`.
 pub async fn list(State(app): State<AppState>) -> Json<Value> {
-    Json(Value::Array(app.registry.modules().iter().map(|m| module_json(m)).collect()))
+    Json(Value::Array(
+        app.registry
+            .modules()
+            .iter()
+            .map(|m| module_json(m))
+            .collect(),
+    ))
 }
 
 /// `GET /control/modules/{name}`.
-pub async fn status(State(app): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
-    let m = app.registry.module(&name).ok_or_else(|| ApiError::NotFound(format!("no module named {name:?} is loaded")))?;
+pub async fn status(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let m = app
+        .registry
+        .module(&name)
+        .ok_or_else(|| ApiError::NotFound(format!("no module named {name:?} is loaded")))?;
     Ok(Json(module_json(&m)))
 }
 
@@ -79,7 +94,10 @@ pub struct LoadBody {
 }
 
 /// `POST /control/modules` with `{"path": "<module dir>"}`.
-pub async fn load(State(app): State<AppState>, body: Result<Json<LoadBody>, JsonRejection>) -> Result<Response, ApiError> {
+pub async fn load(
+    State(app): State<AppState>,
+    body: Result<Json<LoadBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
     let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let m = app.registry.load(&body.path).await?;
     Ok((StatusCode::CREATED, Json(module_json(&m))).into_response())
@@ -94,8 +112,19 @@ pub struct StopParams {
 }
 
 /// `DELETE /control/modules/{name}?drain_timeout_ms=&force=`: returns once the module is gone.
-pub async fn unload(State(app): State<AppState>, Path(name): Path<String>, Query(p): Query<StopParams>) -> Result<Json<Value>, ApiError> {
-    let report = app.registry.unload(&name, p.drain_timeout_ms.map(Duration::from_millis), p.force).await?;
+pub async fn unload(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    Query(p): Query<StopParams>,
+) -> Result<Json<Value>, ApiError> {
+    let report = app
+        .registry
+        .unload(
+            &name,
+            p.drain_timeout_ms.map(Duration::from_millis),
+            p.force,
+        )
+        .await?;
     Ok(Json(json!({"module": name, "drain": report})))
 }
 
@@ -112,9 +141,17 @@ pub struct ReloadBody {
 /// `POST /control/modules/{name}/reload` with `{"drain_timeout_ms", "force", "dry_run"}` (all
 /// optional). 200 with the report when applied, unchanged or a dry run; 422 with the errors when
 /// refused (the current generation keeps serving).
-pub async fn reload(State(app): State<AppState>, Path(name): Path<String>, body: Option<Json<ReloadBody>>) -> Result<Response, ApiError> {
+pub async fn reload(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    body: Option<Json<ReloadBody>>,
+) -> Result<Response, ApiError> {
     let body = body.map(|Json(b)| b).unwrap_or_default();
-    let opts = ReloadOptions { drain_timeout: body.drain_timeout_ms.map(Duration::from_millis), force: body.force, dry_run: body.dry_run };
+    let opts = ReloadOptions {
+        drain_timeout: body.drain_timeout_ms.map(Duration::from_millis),
+        force: body.force,
+        dry_run: body.dry_run,
+    };
     let outcome = app.registry.reload(&name, &opts).await?;
     let status = match &outcome {
         ReloadOutcome::Rejected { .. } => StatusCode::UNPROCESSABLE_ENTITY,

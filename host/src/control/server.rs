@@ -13,12 +13,31 @@ use crate::ingest::webhook;
 /// Every route of the daemon's server.
 pub fn router(state: AppState) -> Router {
     let control = Router::new()
-        .route("/control/modules", get(modules::list).post(modules::load).fallback(method_not_allowed))
-        .route("/control/modules/{name}", get(modules::status).delete(modules::unload).fallback(method_not_allowed))
-        .route("/control/modules/{name}/reload", post(modules::reload).fallback(method_not_allowed))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_token));
+        .route(
+            "/control/modules",
+            get(modules::list)
+                .post(modules::load)
+                .fallback(method_not_allowed),
+        )
+        .route(
+            "/control/modules/{name}",
+            get(modules::status)
+                .delete(modules::unload)
+                .fallback(method_not_allowed),
+        )
+        .route(
+            "/control/modules/{name}/reload",
+            post(modules::reload).fallback(method_not_allowed),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
     Router::new()
-        .route("/webhook/{source}", post(webhook::receive).fallback(method_not_allowed))
+        .route(
+            "/webhook/{source}",
+            post(webhook::receive).fallback(method_not_allowed),
+        )
         .route("/api/status", get(api::status).fallback(method_not_allowed))
         .route("/api/routes", get(api::routes).fallback(method_not_allowed))
         .merge(control)
@@ -35,6 +54,12 @@ async fn not_found() -> Response {
 }
 
 /// Serves until `shutdown` completes; then stops accepting and finishes open requests.
-pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
 }

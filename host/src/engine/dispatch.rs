@@ -20,9 +20,10 @@ pub fn dispatch(generation: &Arc<Generation>, event: Event) {
     let log = &generation.loggers;
     log.log(Phase::SourceEmit, &event, Detail::default());
     let mut matched = false;
+    let event_type = event.event_type();
     for &i in generation.routes_for(event.source()) {
         let route = &generation.routes[i];
-        if !route.matches(&event) {
+        if !route.matches(&event, event_type) {
             continue;
         }
         matched = true;

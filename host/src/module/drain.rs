@@ -15,7 +15,13 @@ use crate::plugin::Library;
 
 /// Starts draining `old`, which `module` no longer routes to. `still_used` are the libraries of
 /// the generations that remain; the others are reported as they close. `force` cancels at once.
-pub fn start(module: &Arc<Module>, old: Arc<Generation>, still_used: &[Arc<Library>], timeout: Duration, force: bool) -> DrainStart {
+pub fn start(
+    module: &Arc<Module>,
+    old: Arc<Generation>,
+    still_used: &[Arc<Library>],
+    timeout: Duration,
+    force: bool,
+) -> DrainStart {
     let unloads: Arc<Mutex<Vec<LibraryUnload>>> = Arc::default();
     for (name, lib) in &old.libraries {
         if still_used.iter().any(|l| Arc::ptr_eq(l, lib)) {
@@ -23,8 +29,15 @@ pub fn start(module: &Arc<Module>, old: Arc<Generation>, still_used: &[Arc<Libra
         }
         let (unloads, plugin, build) = (unloads.clone(), name.clone(), PluginBuild::of(lib));
         lib.on_unload(move |result| {
-            let unload = LibraryUnload { plugin, build, result: result.clone() };
-            unloads.lock().unwrap_or_else(|e| e.into_inner()).push(unload);
+            let unload = LibraryUnload {
+                plugin,
+                build,
+                result: result.clone(),
+            };
+            unloads
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(unload);
         });
     }
     let force_token = CancellationToken::new();
@@ -32,7 +45,11 @@ pub fn start(module: &Arc<Module>, old: Arc<Generation>, still_used: &[Arc<Libra
         force_token.cancel();
     }
     let (done, finished) = tokio::sync::watch::channel(false);
-    let start = DrainStart { generation: old.number, inflight: old.inflight.len(), drain_timeout_ms: timeout.as_millis() as u64 };
+    let start = DrainStart {
+        generation: old.number,
+        inflight: old.inflight.len(),
+        drain_timeout_ms: timeout.as_millis() as u64,
+    };
     module.record().draining = Some(Draining {
         generation: old.number,
         started: Instant::now(),
@@ -53,7 +70,12 @@ pub fn start(module: &Arc<Module>, old: Arc<Generation>, still_used: &[Arc<Libra
         // hand it a delivery; the deadline still bounds the whole drain.
         while let Some(g) = weak.upgrade() {
             if !g.inflight.is_empty() || !g.inflight.is_closed() {
-                cancelled += g.stop(deadline.saturating_duration_since(Instant::now()), &force_token).await;
+                cancelled += g
+                    .stop(
+                        deadline.saturating_duration_since(Instant::now()),
+                        &force_token,
+                    )
+                    .await;
             }
             drop(g);
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -69,7 +91,11 @@ pub fn start(module: &Arc<Module>, old: Arc<Generation>, still_used: &[Arc<Libra
         let libraries: Vec<String> = report.libraries.iter().map(ToString::to_string).collect();
         tracing::info!(module = %module.name, generation = number, cancelled, "generation drained; {}", libraries.join(", "));
         let mut record = module.record();
-        if record.draining.as_ref().is_some_and(|d| d.generation == number) {
+        if record
+            .draining
+            .as_ref()
+            .is_some_and(|d| d.generation == number)
+        {
             record.draining = None;
         }
         record.last_drain = Some(report);
@@ -88,13 +114,26 @@ pub async fn force_current(module: &Module) -> Option<ForcedDrain> {
     };
     force.cancel();
     let _ = finished.wait_for(|done| *done).await;
-    let cancelled = module.record().last_drain.as_ref().filter(|d| d.generation == generation).map_or(0, |d| d.cancelled);
-    Some(ForcedDrain { generation, cancelled })
+    let cancelled = module
+        .record()
+        .last_drain
+        .as_ref()
+        .filter(|d| d.generation == generation)
+        .map_or(0, |d| d.cancelled);
+    Some(ForcedDrain {
+        generation,
+        cancelled,
+    })
 }
 
 /// Waits until the drain of generation `number` (if any) is over.
 pub async fn wait(module: &Module, number: u64) {
-    let finished = module.record().draining.as_ref().filter(|d| d.generation == number).map(|d| d.finished.clone());
+    let finished = module
+        .record()
+        .draining
+        .as_ref()
+        .filter(|d| d.generation == number)
+        .map(|d| d.finished.clone());
     if let Some(mut finished) = finished {
         let _ = finished.wait_for(|done| *done).await;
     }

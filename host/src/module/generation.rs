@@ -77,7 +77,10 @@ impl Generation {
         }
         let cancelled = self.inflight.len();
         self.cancel.cancel();
-        if tokio::time::timeout(GRACE, self.inflight.wait()).await.is_err() {
+        if tokio::time::timeout(GRACE, self.inflight.wait())
+            .await
+            .is_err()
+        {
             self.kill.cancel();
             self.inflight.wait().await;
         }

@@ -34,7 +34,10 @@ impl Pollers {
     pub fn reconcile(&self, module: &Arc<Module>, generation: &Generation) {
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         running.retain(|id, p| {
-            let keep = generation.sources.iter().any(|s| s.id == *id && Arc::ptr_eq(&s.obj, &p.source));
+            let keep = generation
+                .sources
+                .iter()
+                .any(|s| s.id == *id && Arc::ptr_eq(&s.obj, &p.source));
             if !keep {
                 p.stop.cancel();
             }
@@ -49,7 +52,13 @@ impl Pollers {
 
     /// Stops every poller and waits until they are gone.
     pub async fn stop_all(&self) {
-        let pollers: Vec<Poller> = self.running.lock().unwrap_or_else(|e| e.into_inner()).drain().map(|(_, p)| p).collect();
+        let pollers: Vec<Poller> = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .map(|(_, p)| p)
+            .collect();
         for p in pollers {
             p.stop.cancel();
             let _ = p.task.await;

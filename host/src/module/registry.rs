@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use super::{drain, watch};
 use super::generation::Generation;
 use super::reload::{reload, ReloadOptions};
 use super::report::{DrainReport, ReloadOutcome};
 use super::running::{Module, SourceStats};
 use super::stage::{stage, StageCtx};
+use super::{drain, watch};
 use crate::config::spec::{SourceKind, WebhookConfig};
 use crate::config::{self, ConfigError, ModuleSpec};
 use crate::plugin::http_client::HttpClient;
@@ -106,7 +106,10 @@ impl Registry {
             let mut modules = self.lock();
             // Checked again under the lock: another load may have finished meanwhile.
             if modules.contains_key(&module.name) {
-                return Err(LoadError::Conflict(format!("a module named {:?} is already loaded", module.name)));
+                return Err(LoadError::Conflict(format!(
+                    "a module named {:?} is already loaded",
+                    module.name
+                )));
             }
             module.current.store(Some(generation.clone()));
             modules.insert(module.name.clone(), module.clone());
@@ -121,16 +124,30 @@ impl Registry {
     }
 
     /// Reloads module `name`; see [`super::reload`].
-    pub async fn reload(&self, name: &str, opts: &ReloadOptions) -> Result<ReloadOutcome, LoadError> {
-        let module = self.module(name).ok_or_else(|| LoadError::NotFound(name.to_owned()))?;
+    pub async fn reload(
+        &self,
+        name: &str,
+        opts: &ReloadOptions,
+    ) -> Result<ReloadOutcome, LoadError> {
+        let module = self
+            .module(name)
+            .ok_or_else(|| LoadError::NotFound(name.to_owned()))?;
         Ok(reload(self, &module, opts).await)
     }
 
     /// Stops module `name`: it takes no more events, its sources stop, its deliveries get
     /// `timeout` (default: its `drain_timeout`; none with `force`) to finish, and its libraries
     /// unload. Returns when all of that is over.
-    pub async fn unload(&self, name: &str, timeout: Option<Duration>, force: bool) -> Result<DrainReport, LoadError> {
-        let module = self.lock().remove(name).ok_or_else(|| LoadError::NotFound(name.to_owned()))?;
+    pub async fn unload(
+        &self,
+        name: &str,
+        timeout: Option<Duration>,
+        force: bool,
+    ) -> Result<DrainReport, LoadError> {
+        let module = self
+            .lock()
+            .remove(name)
+            .ok_or_else(|| LoadError::NotFound(name.to_owned()))?;
         self.rebuild_webhooks();
         let _serial = module.lifecycle.lock().await;
         module.pollers.stop_all().await;
@@ -139,7 +156,11 @@ impl Registry {
             return Err(LoadError::NotFound(name.to_owned()));
         };
         let number = current.number;
-        let timeout = if force { Duration::ZERO } else { timeout.unwrap_or(current.spec.drain_timeout) };
+        let timeout = if force {
+            Duration::ZERO
+        } else {
+            timeout.unwrap_or(current.spec.drain_timeout)
+        };
         drain::start(&module, current, &[], timeout, force);
         drain::wait(&module, number).await;
         if let Some(earlier) = earlier {
@@ -153,14 +174,25 @@ impl Registry {
 
     /// Refuses a module whose name (unless it is `except`, the module being reloaded) or whose
     /// source ids are taken by another module.
-    pub(super) fn check_conflicts(&self, spec: &ModuleSpec, except: Option<&str>) -> Result<(), LoadError> {
+    pub(super) fn check_conflicts(
+        &self,
+        spec: &ModuleSpec,
+        except: Option<&str>,
+    ) -> Result<(), LoadError> {
         let modules = self.lock();
         if except.is_none() && modules.contains_key(&spec.name) {
-            return Err(LoadError::Conflict(format!("a module named {:?} is already loaded", spec.name)));
+            return Err(LoadError::Conflict(format!(
+                "a module named {:?} is already loaded",
+                spec.name
+            )));
         }
         for other in modules.values().filter(|m| Some(m.name.as_str()) != except) {
             let Some(g) = other.current() else { continue };
-            if let Some(s) = spec.sources.iter().find(|s| g.spec.sources.iter().any(|o| o.id == s.id)) {
+            if let Some(s) = spec
+                .sources
+                .iter()
+                .find(|s| g.spec.sources.iter().any(|o| o.id == s.id))
+            {
                 return Err(LoadError::Conflict(format!(
                     "source id {:?} is already used by module {:?}; source ids are unique across modules",
                     s.id, other.name
@@ -172,7 +204,12 @@ impl Registry {
 
     /// Stages a generation of `module` from `spec` on a blocking thread: loading libraries and
     /// running plugin constructors must not stall the event path.
-    pub(super) async fn stage(&self, module: &Arc<Module>, spec: Arc<ModuleSpec>, previous: Option<Arc<Generation>>) -> Result<Arc<Generation>, LoadError> {
+    pub(super) async fn stage(
+        &self,
+        module: &Arc<Module>,
+        spec: Arc<ModuleSpec>,
+        previous: Option<Arc<Generation>>,
+    ) -> Result<Arc<Generation>, LoadError> {
         let weak: Weak<Module> = Arc::downgrade(module);
         // Emitted events are routed on a task of their own, never inside the plugin call that
         // emitted them: a transform that emits from `apply` would otherwise recurse into itself.
@@ -206,7 +243,14 @@ impl Registry {
             stage(spec, &ctx).map(Arc::new).map_err(LoadError::Invalid)
         })
         .await
-        .unwrap_or_else(|e| Err(LoadError::Invalid(vec![ConfigError::new(dir, None, "", format!("staging crashed: {e}"))])))
+        .unwrap_or_else(|e| {
+            Err(LoadError::Invalid(vec![ConfigError::new(
+                dir,
+                None,
+                "",
+                format!("staging crashed: {e}"),
+            )]))
+        })
     }
 
     /// Rebuilds the webhook index from the modules' current generations.
@@ -216,7 +260,11 @@ impl Registry {
             let Some(g) = m.current() else { continue };
             for s in &g.spec.sources {
                 if let SourceKind::Webhook(config) = &s.kind {
-                    let target = WebhookTarget { module: m.clone(), config: config.clone(), stats: m.source_stats(&s.id) };
+                    let target = WebhookTarget {
+                        module: m.clone(),
+                        config: config.clone(),
+                        stats: m.source_stats(&s.id),
+                    };
                     index.insert(s.id.clone(), target);
                 }
             }

@@ -37,7 +37,11 @@ pub struct ReloadOptions {
 }
 
 /// Reloads `module`. Never leaves the module without a serving generation.
-pub async fn reload(registry: &Registry, module: &Arc<Module>, opts: &ReloadOptions) -> ReloadOutcome {
+pub async fn reload(
+    registry: &Registry,
+    module: &Arc<Module>,
+    opts: &ReloadOptions,
+) -> ReloadOutcome {
     let request = module.requests.fetch_add(1, Ordering::SeqCst) + 1;
     let _serial = module.lifecycle.lock().await;
     if let Some((covered, outcome)) = &module.record().last_reload {
@@ -53,7 +57,10 @@ pub async fn reload(registry: &Registry, module: &Arc<Module>, opts: &ReloadOpti
     let outcome = attempt(registry, module, opts).await;
     let mut record = module.record();
     if let ReloadOutcome::Rejected { errors, .. } = &outcome {
-        record.last_failure = Some(FailedReload { at: orgloop_plugin_sdk::format_timestamp(std::time::SystemTime::now()), errors: errors.clone() });
+        record.last_failure = Some(FailedReload {
+            at: orgloop_plugin_sdk::format_timestamp(std::time::SystemTime::now()),
+            errors: errors.clone(),
+        });
     }
     if !opts.dry_run {
         record.last_reload = Some((covered, outcome.clone()));
@@ -62,9 +69,17 @@ pub async fn reload(registry: &Registry, module: &Arc<Module>, opts: &ReloadOpti
 }
 
 async fn attempt(registry: &Registry, module: &Arc<Module>, opts: &ReloadOptions) -> ReloadOutcome {
-    let rejected = |errors: Vec<ConfigError>| ReloadOutcome::Rejected { module: module.name.clone(), errors };
+    let rejected = |errors: Vec<ConfigError>| ReloadOutcome::Rejected {
+        module: module.name.clone(),
+        errors,
+    };
     let Some(old) = module.current() else {
-        return rejected(vec![ConfigError::new(&module.dir, None, "", "the module is being unloaded")]);
+        return rejected(vec![ConfigError::new(
+            &module.dir,
+            None,
+            "",
+            "the module is being unloaded",
+        )]);
     };
     let started = Instant::now();
 
@@ -74,18 +89,41 @@ async fn attempt(registry: &Registry, module: &Arc<Module>, opts: &ReloadOptions
         Err(errors) => return rejected(errors),
     };
     if spec.name != module.name {
-        let message = format!("metadata.name changed from {:?} to {:?}; load it as a new module instead", module.name, spec.name);
-        return rejected(vec![ConfigError::new("orgloop.yaml", None, "metadata.name", message)]);
+        let message = format!(
+            "metadata.name changed from {:?} to {:?}; load it as a new module instead",
+            module.name, spec.name
+        );
+        return rejected(vec![ConfigError::new(
+            "orgloop.yaml",
+            None,
+            "metadata.name",
+            message,
+        )]);
     }
     if let Err(e) = registry.check_conflicts(&spec, Some(&module.name)) {
-        return rejected(vec![ConfigError::new("orgloop.yaml", None, "", e.to_string())]);
+        return rejected(vec![ConfigError::new(
+            "orgloop.yaml",
+            None,
+            "",
+            e.to_string(),
+        )]);
     }
 
     // 2–3. Stage beside the current generation.
-    let staged = match registry.stage(module, Arc::new(spec), Some(old.clone())).await {
+    let staged = match registry
+        .stage(module, Arc::new(spec), Some(old.clone()))
+        .await
+    {
         Ok(g) => g,
         Err(LoadError::Invalid(errors)) => return rejected(errors),
-        Err(e) => return rejected(vec![ConfigError::new("orgloop.yaml", None, "", e.to_string())]),
+        Err(e) => {
+            return rejected(vec![ConfigError::new(
+                "orgloop.yaml",
+                None,
+                "",
+                e.to_string(),
+            )])
+        }
     };
     let plugins = plugin_changes(&old, &staged);
     let rebuilt = |name: &str| plugins.iter().any(|p| p.name == name && p.changed());
@@ -119,7 +157,11 @@ async fn attempt(registry: &Registry, module: &Arc<Module>, opts: &ReloadOptions
     report.to_generation = staged.number;
 
     // 5. Drain the old generation.
-    let timeout = if opts.force { Duration::ZERO } else { opts.drain_timeout.unwrap_or(staged.spec.drain_timeout) };
+    let timeout = if opts.force {
+        Duration::ZERO
+    } else {
+        opts.drain_timeout.unwrap_or(staged.spec.drain_timeout)
+    };
     let still_used: Vec<_> = staged.libraries.iter().map(|(_, l)| l.clone()).collect();
     report.draining = Some(drain::start(module, old, &still_used, timeout, opts.force));
     tracing::info!(
@@ -135,9 +177,26 @@ async fn attempt(registry: &Registry, module: &Arc<Module>, opts: &ReloadOptions
 
 /// Each plugin of either generation, with its build before and after.
 fn plugin_changes(old: &super::Generation, new: &super::Generation) -> Vec<PluginChange> {
-    let build = |g: &super::Generation, name: &str| g.libraries.iter().find(|(n, _)| n == name).map(|(_, l)| PluginBuild::of(l));
-    let mut names: Vec<&str> = old.libraries.iter().chain(&new.libraries).map(|(n, _)| n.as_str()).collect();
+    let build = |g: &super::Generation, name: &str| {
+        g.libraries
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, l)| PluginBuild::of(l))
+    };
+    let mut names: Vec<&str> = old
+        .libraries
+        .iter()
+        .chain(&new.libraries)
+        .map(|(n, _)| n.as_str())
+        .collect();
     names.sort_unstable();
     names.dedup();
-    names.into_iter().map(|n| PluginChange { name: n.to_owned(), old: build(old, n), new: build(new, n) }).collect()
+    names
+        .into_iter()
+        .map(|n| PluginChange {
+            name: n.to_owned(),
+            old: build(old, n),
+            new: build(new, n),
+        })
+        .collect()
 }

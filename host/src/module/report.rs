@@ -18,7 +18,10 @@ pub struct PluginBuild {
 
 impl PluginBuild {
     pub fn of(lib: &Library) -> Self {
-        PluginBuild { version: lib.manifest().version.clone(), hash: lib.hash().to_owned() }
+        PluginBuild {
+            version: lib.manifest().version.clone(),
+            hash: lib.hash().to_owned(),
+        }
     }
 }
 
@@ -69,13 +72,18 @@ pub enum ReloadOutcome {
     /// `dry_run`: validated and compared, not applied.
     DryRun(ReloadReport),
     /// Refused; the current generation keeps serving untouched.
-    Rejected { module: String, errors: Vec<ConfigError> },
+    Rejected {
+        module: String,
+        errors: Vec<ConfigError>,
+    },
 }
 
 impl ReloadOutcome {
     pub fn report(&self) -> Option<&ReloadReport> {
         match self {
-            ReloadOutcome::Swapped(r) | ReloadOutcome::Unchanged(r) | ReloadOutcome::DryRun(r) => Some(r),
+            ReloadOutcome::Swapped(r) | ReloadOutcome::Unchanged(r) | ReloadOutcome::DryRun(r) => {
+                Some(r)
+            }
             ReloadOutcome::Rejected { .. } => None,
         }
     }
@@ -124,7 +132,9 @@ impl std::fmt::Display for LibraryUnload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.result {
             UnloadReport::Unloaded => write!(f, "{} {}: unloaded", self.plugin, self.build),
-            UnloadReport::Pinned { reason } => write!(f, "{} {}: PINNED ({reason})", self.plugin, self.build),
+            UnloadReport::Pinned { reason } => {
+                write!(f, "{} {}: PINNED ({reason})", self.plugin, self.build)
+            }
         }
     }
 }

@@ -31,7 +31,10 @@ pub struct SourceStats {
 }
 
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// A generation that was replaced and is finishing its deliveries.
@@ -113,13 +116,20 @@ impl Module {
 
     /// The statistics of source `id`.
     pub fn source_stats(&self, id: &str) -> Arc<SourceStats> {
-        self.source_stats.lock().unwrap_or_else(|e| e.into_inner()).entry(id.to_owned()).or_default().clone()
+        self.source_stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id.to_owned())
+            .or_default()
+            .clone()
     }
 
     /// Takes an event from one of this module's sources (or emitted by one of its plugins) and
     /// routes it through the current generation.
     pub fn accept(&self, event: Event, stats: Option<&SourceStats>) -> Result<(), String> {
-        let generation = self.current().ok_or_else(|| format!("module {} is not running", self.name))?;
+        let generation = self
+            .current()
+            .ok_or_else(|| format!("module {} is not running", self.name))?;
         if let Some(s) = stats {
             s.event_count.fetch_add(1, Ordering::Relaxed);
             s.last_event_ms.store(now_ms(), Ordering::Relaxed);
@@ -129,15 +139,29 @@ impl Module {
     }
 
     pub fn checkpoint(&self, source: &str) -> Option<String> {
-        self.checkpoints.lock().unwrap_or_else(|e| e.into_inner()).get(source).cloned()
+        self.checkpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(source)
+            .cloned()
     }
 
     pub fn set_checkpoint(&self, source: &str, checkpoint: String) {
-        self.checkpoints.lock().unwrap_or_else(|e| e.into_inner()).insert(source.to_owned(), checkpoint);
+        self.checkpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(source.to_owned(), checkpoint);
     }
 
     /// Route statistics of the current generation, to carry into the next.
     pub(super) fn route_stats(&self) -> HashMap<String, Arc<RouteStats>> {
-        self.current().map(|g| g.routes.iter().map(|r| (r.spec.name.clone(), r.stats.clone())).collect()).unwrap_or_default()
+        self.current()
+            .map(|g| {
+                g.routes
+                    .iter()
+                    .map(|r| (r.spec.name.clone(), r.stats.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }

@@ -44,16 +44,29 @@ pub fn stage(spec: Arc<ModuleSpec>, ctx: &StageCtx<'_>) -> Result<Generation, Ve
     let mut errors = Vec::new();
     let module: Arc<str> = Arc::from(spec.name.as_str());
     let libraries = load_libraries(&spec, ctx.loader, &mut errors);
-    let library = |s: &SymbolRef| libraries.iter().find(|(n, _)| *n == s.plugin).map(|(_, l)| l.clone());
+    let library = |s: &SymbolRef| {
+        libraries
+            .iter()
+            .find(|(n, _)| *n == s.plugin)
+            .map(|(_, l)| l.clone())
+    };
     let services = |object: String, source: Option<&String>| {
-        Services { module: module.clone(), object, source: source.cloned(), emitter: ctx.emitter.clone(), http: ctx.http.clone() }
-            .into_box()
+        Services {
+            module: module.clone(),
+            object,
+            source: source.cloned(),
+            emitter: ctx.emitter.clone(),
+            http: ctx.http.clone(),
+        }
+        .into_box()
     };
     let prev = ctx.previous;
 
     let mut transforms = HashMap::new();
     for t in &spec.transforms {
-        let Some(lib) = library(&t.symbol) else { continue };
+        let Some(lib) = library(&t.symbol) else {
+            continue;
+        };
         let kept = prev.and_then(|p| {
             let old = p.spec.transforms.iter().find(|o| o.name == t.name)?;
             let slot = p.transforms.get(&t.name)?;
@@ -61,10 +74,20 @@ pub fn stage(spec: Arc<ModuleSpec>, ctx: &StageCtx<'_>) -> Result<Generation, Ve
         });
         let slot = match kept {
             Some(slot) => slot,
-            None => match lib.new_transform(&t.symbol.symbol, &t.config.to_string(), services(format!("{}/{}", t.symbol, t.name), None)) {
-                Ok(obj) => Arc::new(TransformSlot { obj, on_error: t.on_error }),
+            None => match lib.new_transform(
+                &t.symbol.symbol,
+                &t.config.to_string(),
+                services(format!("{}/{}", t.symbol, t.name), None),
+            ) {
+                Ok(obj) => Arc::new(TransformSlot {
+                    obj,
+                    on_error: t.on_error,
+                }),
                 Err(e) => {
-                    errors.push(t.origin.error(format!("transform {} ({}): {e}", t.name, t.symbol)));
+                    errors.push(
+                        t.origin
+                            .error(format!("transform {} ({}): {e}", t.name, t.symbol)),
+                    );
                     continue;
                 }
             },
@@ -74,7 +97,9 @@ pub fn stage(spec: Arc<ModuleSpec>, ctx: &StageCtx<'_>) -> Result<Generation, Ve
 
     let mut actors = HashMap::new();
     for a in &spec.actors {
-        let Some(lib) = library(&a.symbol) else { continue };
+        let Some(lib) = library(&a.symbol) else {
+            continue;
+        };
         let kept = prev.and_then(|p| {
             let old = p.spec.actors.iter().find(|o| o.id == a.id)?;
             let obj = p.actors.get(&a.id)?;
@@ -82,10 +107,17 @@ pub fn stage(spec: Arc<ModuleSpec>, ctx: &StageCtx<'_>) -> Result<Generation, Ve
         });
         let obj = match kept {
             Some(obj) => obj,
-            None => match lib.new_actor(&a.symbol.symbol, &a.config.to_string(), services(format!("{}/{}", a.symbol, a.id), Some(&a.id))) {
+            None => match lib.new_actor(
+                &a.symbol.symbol,
+                &a.config.to_string(),
+                services(format!("{}/{}", a.symbol, a.id), Some(&a.id)),
+            ) {
                 Ok(obj) => Arc::new(obj),
                 Err(e) => {
-                    errors.push(a.origin.error(format!("actor {} ({}): {e}", a.id, a.symbol)));
+                    errors.push(
+                        a.origin
+                            .error(format!("actor {} ({}): {e}", a.id, a.symbol)),
+                    );
                     continue;
                 }
             },
@@ -95,7 +127,14 @@ pub fn stage(spec: Arc<ModuleSpec>, ctx: &StageCtx<'_>) -> Result<Generation, Ve
 
     let mut sources = Vec::new();
     for s in &spec.sources {
-        let SourceKind::Plugin { symbol, config, interval } = &s.kind else { continue };
+        let SourceKind::Plugin {
+            symbol,
+            config,
+            interval,
+        } = &s.kind
+        else {
+            continue;
+        };
         let Some(lib) = library(symbol) else { continue };
         let kept = prev.and_then(|p| {
             let old = p.spec.sources.iter().find(|o| o.id == s.id)?;
@@ -104,7 +143,11 @@ pub fn stage(spec: Arc<ModuleSpec>, ctx: &StageCtx<'_>) -> Result<Generation, Ve
         });
         let obj = match kept {
             Some(obj) => obj,
-            None => match lib.new_source(&symbol.symbol, &config.to_string(), services(format!("{symbol}/{}", s.id), Some(&s.id))) {
+            None => match lib.new_source(
+                &symbol.symbol,
+                &config.to_string(),
+                services(format!("{symbol}/{}", s.id), Some(&s.id)),
+            ) {
                 Ok(obj) => Arc::new(obj),
                 Err(e) => {
                     errors.push(s.origin.error(format!("source {} ({symbol}): {e}", s.id)));
@@ -112,7 +155,11 @@ pub fn stage(spec: Arc<ModuleSpec>, ctx: &StageCtx<'_>) -> Result<Generation, Ve
                 }
             },
         };
-        sources.push(SourceSlot { id: s.id.clone(), obj, interval: *interval });
+        sources.push(SourceSlot {
+            id: s.id.clone(),
+            obj,
+            interval: *interval,
+        });
     }
 
     let loggers = match prev.filter(|p| p.spec.loggers == spec.loggers) {
@@ -120,8 +167,12 @@ pub fn stage(spec: Arc<ModuleSpec>, ctx: &StageCtx<'_>) -> Result<Generation, Ve
         None if ctx.start_loggers => Loggers::start(&spec.name, &spec.loggers).map(Arc::new),
         None => Loggers::start(&spec.name, &[]).map(Arc::new),
     };
-    let loggers = loggers.map_err(|e| errors.push(ConfigError::new("orgloop.yaml", None, "loggers", e))).ok();
-    let (Some(loggers), true) = (loggers, errors.is_empty()) else { return Err(errors) };
+    let loggers = loggers
+        .map_err(|e| errors.push(ConfigError::new("orgloop.yaml", None, "loggers", e)))
+        .ok();
+    let (Some(loggers), true) = (loggers, errors.is_empty()) else {
+        return Err(errors);
+    };
 
     let mut by_source: HashMap<String, Vec<usize>> = HashMap::new();
     let routes: Vec<Route> = spec
@@ -153,7 +204,11 @@ pub fn stage(spec: Arc<ModuleSpec>, ctx: &StageCtx<'_>) -> Result<Generation, Ve
 }
 
 /// Loads every plugin of `spec`, checking its name and version.
-fn load_libraries(spec: &ModuleSpec, loader: &Loader, errors: &mut Vec<ConfigError>) -> Vec<(String, Arc<Library>)> {
+fn load_libraries(
+    spec: &ModuleSpec,
+    loader: &Loader,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<(String, Arc<Library>)> {
     let mut libraries = Vec::new();
     for p in &spec.plugins {
         let lib = match loader.load(&spec.name, &p.path) {
@@ -166,14 +221,21 @@ fn load_libraries(spec: &ModuleSpec, loader: &Loader, errors: &mut Vec<ConfigErr
         let m = lib.manifest();
         if m.name != p.name {
             let path = p.path.display();
-            errors.push(p.origin.error(format!("{path} is plugin \"{}\", not \"{}\" (name the entry after the plugin)", m.name, p.name)));
+            errors.push(p.origin.error(format!(
+                "{path} is plugin \"{}\", not \"{}\" (name the entry after the plugin)",
+                m.name, p.name
+            )));
             continue;
         }
         match (&p.version, semver::Version::parse(&m.version)) {
-            (_, Err(e)) => errors.push(p.origin.error(format!("plugin {} has an invalid version {:?}: {e}", m.name, m.version))),
-            (Some(req), Ok(v)) if !req.matches(&v) => {
-                errors.push(p.origin.error(format!("plugin {} is version {v}, which does not satisfy \"{req}\"", m.name)))
-            }
+            (_, Err(e)) => errors.push(p.origin.error(format!(
+                "plugin {} has an invalid version {:?}: {e}",
+                m.name, m.version
+            ))),
+            (Some(req), Ok(v)) if !req.matches(&v) => errors.push(p.origin.error(format!(
+                "plugin {} is version {v}, which does not satisfy \"{req}\"",
+                m.name
+            ))),
             _ => libraries.push((p.name.clone(), lib)),
         }
     }

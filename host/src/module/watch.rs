@@ -31,15 +31,20 @@ impl Interest {
             return true;
         }
         path.starts_with(&self.dir)
-            && (matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
-                || path.file_name().is_some_and(|n| n == ".env"))
+            && (matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml")
+            ) || path.file_name().is_some_and(|n| n == ".env"))
     }
 }
 
 /// The path with its directory resolved, so that `a/../b/x.so` and `b/x.so` compare equal (the
 /// file itself may not exist at that moment).
 fn normalize(path: &Path) -> PathBuf {
-    match (path.parent().and_then(|p| p.canonicalize().ok()), path.file_name()) {
+    match (
+        path.parent().and_then(|p| p.canonicalize().ok()),
+        path.file_name(),
+    ) {
         (Some(dir), Some(name)) => dir.join(name),
         _ => path.to_path_buf(),
     }
@@ -60,23 +65,41 @@ async fn watch(registry: Arc<Registry>, name: &str, debounce: Duration) -> notif
     let mut watcher = notify::recommended_watcher(handler(interest.clone(), tx))?;
     let mut watched: HashSet<PathBuf> = HashSet::new();
     loop {
-        let Some(module) = registry.module(name) else { return Ok(()) };
-        let Some(generation) = module.current() else { return Ok(()) };
+        let Some(module) = registry.module(name) else {
+            return Ok(());
+        };
+        let Some(generation) = module.current() else {
+            return Ok(());
+        };
         // Watch the module directory and the directory of each plugin file (files are replaced,
         // not rewritten in place, so their directory is what sees the change).
-        let plugins: Vec<PathBuf> = generation.spec.plugins.iter().map(|p| p.path.clone()).collect();
-        let mut wanted: HashSet<PathBuf> = plugins.iter().filter_map(|p| normalize(p).parent().map(Path::to_path_buf)).collect();
+        let plugins: Vec<PathBuf> = generation
+            .spec
+            .plugins
+            .iter()
+            .map(|p| p.path.clone())
+            .collect();
+        let mut wanted: HashSet<PathBuf> = plugins
+            .iter()
+            .filter_map(|p| normalize(p).parent().map(Path::to_path_buf))
+            .collect();
         wanted.insert(module.dir.clone());
         for dir in wanted.difference(&watched) {
-            let mode = if *dir == module.dir { RecursiveMode::Recursive } else { RecursiveMode::NonRecursive };
+            let mode = if *dir == module.dir {
+                RecursiveMode::Recursive
+            } else {
+                RecursiveMode::NonRecursive
+            };
             watcher.watch(dir, mode)?;
         }
         for dir in watched.difference(&wanted) {
             let _ = watcher.unwatch(dir);
         }
         watched = wanted;
-        *interest.lock().unwrap_or_else(|e| e.into_inner()) =
-            Interest { dir: module.dir.clone(), plugins: plugins.iter().map(|p| normalize(p)).collect() };
+        *interest.lock().unwrap_or_else(|e| e.into_inner()) = Interest {
+            dir: module.dir.clone(),
+            plugins: plugins.iter().map(|p| normalize(p)).collect(),
+        };
         drop((module, generation));
 
         if rx.recv().await.is_none() {
@@ -111,7 +134,14 @@ fn handler(interest: Arc<Mutex<Interest>>, tx: UnboundedSender<()>) -> impl noti
 /// Waits (up to 10 s) until every file's size and modification time hold still for 100 ms.
 async fn wait_until_stable(files: &[PathBuf]) {
     let look = || -> Vec<Option<(u64, std::time::SystemTime)>> {
-        files.iter().map(|f| std::fs::metadata(f).ok().and_then(|m| Some((m.len(), m.modified().ok()?)))).collect()
+        files
+            .iter()
+            .map(|f| {
+                std::fs::metadata(f)
+                    .ok()
+                    .and_then(|m| Some((m.len(), m.modified().ok()?)))
+            })
+            .collect()
     };
     let mut before = look();
     for _ in 0..100 {

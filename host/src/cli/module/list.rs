@@ -25,14 +25,23 @@ pub fn run(client: &Client, args: &ListArgs) -> u8 {
         println!("{}", answer.body);
         return exit::OK;
     }
-    println!("{:<20} {:>10} {:>7} {:>9} {:>9}  PLUGINS", "MODULE", "GENERATION", "ROUTES", "INFLIGHT", "DRAINING");
+    println!(
+        "{:<20} {:>10} {:>7} {:>9} {:>9}  PLUGINS",
+        "MODULE", "GENERATION", "ROUTES", "INFLIGHT", "DRAINING"
+    );
     for m in answer.body.as_array().into_iter().flatten() {
         let g = &m["generation"];
         let plugins: Vec<String> = g["plugins"]
             .as_array()
             .into_iter()
             .flatten()
-            .map(|p| format!("{} {}", p["name"].as_str().unwrap_or_default(), p["build"]["version"].as_str().unwrap_or_default()))
+            .map(|p| {
+                format!(
+                    "{} {}",
+                    p["name"].as_str().unwrap_or_default(),
+                    p["build"]["version"].as_str().unwrap_or_default()
+                )
+            })
             .collect();
         println!(
             "{:<20} {:>10} {:>7} {:>9} {:>9}  {}",

@@ -18,7 +18,11 @@ pub fn run(client: &Client, args: &LoadArgs) -> u8 {
     let dir = args.dir.canonicalize().unwrap_or_else(|_| args.dir.clone());
     match client.post("/control/modules", &json!({"path": dir})) {
         Ok(a) if a.status == 201 => {
-            println!("✓ module {} loaded (generation {})", a.body["name"].as_str().unwrap_or_default(), a.body["generation"]["number"]);
+            println!(
+                "✓ module {} loaded (generation {})",
+                a.body["name"].as_str().unwrap_or_default(),
+                a.body["generation"]["number"]
+            );
             exit::OK
         }
         Ok(a) => error_of(&a),

@@ -60,7 +60,10 @@ fn fail(message: &str) -> ExitCode {
 
 /// Turns an error answer into a message and an exit code: 2 for invalid configuration, 1 else.
 fn error_of(answer: &Answer) -> u8 {
-    eprintln!("error: {}", answer.body["error"].as_str().unwrap_or("request failed"));
+    eprintln!(
+        "error: {}",
+        answer.body["error"].as_str().unwrap_or("request failed")
+    );
     print_errors(&answer.body);
     if answer.status == 422 {
         exit::INVALID
@@ -80,7 +83,11 @@ fn build_text(build: &Value) -> String {
     if build.is_null() {
         return "—".into();
     }
-    format!("{} ({})", build["version"].as_str().unwrap_or("?"), short(build["hash"].as_str().unwrap_or_default()))
+    format!(
+        "{} ({})",
+        build["version"].as_str().unwrap_or("?"),
+        short(build["hash"].as_str().unwrap_or_default())
+    )
 }
 
 /// The end of a drain, as `reload --wait` and `unload` print it.
@@ -92,15 +99,30 @@ fn print_drain(drain: &Value) {
         drain["duration_ms"].as_u64().unwrap_or(0) as f64 / 1000.0,
         match cancelled {
             0 => String::new(),
-            n => format!(", {n} deliver{} cancelled{}", if n == 1 { "y" } else { "ies" }, if drain["forced"] == true { " (forced)" } else { "" }),
+            n => format!(
+                ", {n} deliver{} cancelled{}",
+                if n == 1 { "y" } else { "ies" },
+                if drain["forced"] == true {
+                    " (forced)"
+                } else {
+                    ""
+                }
+            ),
         }
     );
     for lib in drain["libraries"].as_array().into_iter().flatten() {
         let result = match lib["result"]["state"].as_str() {
             Some("unloaded") => "unloaded (verified: no longer mapped)".to_owned(),
-            Some("pinned") => format!("PINNED: {}", lib["result"]["reason"].as_str().unwrap_or_default()),
+            Some("pinned") => format!(
+                "PINNED: {}",
+                lib["result"]["reason"].as_str().unwrap_or_default()
+            ),
             other => other.unwrap_or("?").to_owned(),
         };
-        println!("  plugin {} {} {result}", lib["plugin"].as_str().unwrap_or_default(), build_text(&lib["build"]));
+        println!(
+            "  plugin {} {} {result}",
+            lib["plugin"].as_str().unwrap_or_default(),
+            build_text(&lib["build"])
+        );
     }
 }

@@ -44,16 +44,21 @@ pub fn run(client: &Client, args: &ReloadArgs) -> u8 {
     };
     let report = answer.body;
     if answer.status != 200 && report["outcome"] != "rejected" {
-        return error_of(&super::Answer { status: answer.status, body: report });
+        return error_of(&super::Answer {
+            status: answer.status,
+            body: report,
+        });
     }
     let drained = match (args.wait, report["draining"]["generation"].as_u64()) {
-        (true, Some(generation)) => match wait_for_drain(client, &args.name, generation, !args.json) {
-            Ok(d) => Some(d),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return exit::FAILURE;
+        (true, Some(generation)) => {
+            match wait_for_drain(client, &args.name, generation, !args.json) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return exit::FAILURE;
+                }
             }
-        },
+        }
         _ => None,
     };
     if args.json {
@@ -83,7 +88,11 @@ fn print_report(r: &Value) {
             print_errors(r);
             return;
         }
-        "unchanged" => println!("= {name}: nothing changed; generation {} keeps serving{}", r["from_generation"], coalesced(r)),
+        "unchanged" => println!(
+            "= {name}: nothing changed; generation {} keeps serving{}",
+            r["from_generation"],
+            coalesced(r)
+        ),
         "dry_run" => println!("~ {name}: dry run, nothing applied; a reload would change:"),
         _ => println!(
             "✓ {name}: generation {} → {} (swap {:.0} µs, staged in {:.1} ms){}",
@@ -96,8 +105,15 @@ fn print_report(r: &Value) {
     }
     for p in r["plugins"].as_array().into_iter().flatten() {
         let (old, new) = (build_text(&p["old"]), build_text(&p["new"]));
-        let change = if old == new { format!("{old} unchanged") } else { format!("{old} → {new}") };
-        println!("  plugin {:<12} {change}", p["name"].as_str().unwrap_or_default());
+        let change = if old == new {
+            format!("{old} unchanged")
+        } else {
+            format!("{old} → {new}")
+        };
+        println!(
+            "  plugin {:<12} {change}",
+            p["name"].as_str().unwrap_or_default()
+        );
     }
     for kind in ["routes", "transforms", "sources", "actors"] {
         let d = &r["diff"][kind];
@@ -113,7 +129,10 @@ fn print_report(r: &Value) {
         }
     }
     if let Some(f) = r["forced_previous_drain"].as_object() {
-        println!("  the previous old generation {} was still draining: forced to stop ({} cancelled)", f["generation"], f["cancelled"]);
+        println!(
+            "  the previous old generation {} was still draining: forced to stop ({} cancelled)",
+            f["generation"], f["cancelled"]
+        );
     }
     if let Some(d) = r["draining"].as_object() {
         println!(
@@ -134,11 +153,19 @@ fn coalesced(r: &Value) -> &'static str {
 }
 
 /// Polls the module's status until generation `generation` has drained; shows a progress line.
-fn wait_for_drain(client: &Client, name: &str, generation: u64, progress: bool) -> Result<Value, String> {
+fn wait_for_drain(
+    client: &Client,
+    name: &str,
+    generation: u64,
+    progress: bool,
+) -> Result<Value, String> {
     loop {
         let answer = client.get(&format!("/control/modules/{name}"))?;
         if answer.status != 200 {
-            return Err(answer.body["error"].as_str().unwrap_or("the module is gone").to_owned());
+            return Err(answer.body["error"]
+                .as_str()
+                .unwrap_or("the module is gone")
+                .to_owned());
         }
         let m = answer.body;
         if m["last_drain"]["generation"].as_u64() == Some(generation) {
@@ -148,8 +175,14 @@ fn wait_for_drain(client: &Client, name: &str, generation: u64, progress: bool) 
             return Ok(m["last_drain"].clone());
         }
         if progress {
-            if let Some(d) = m["draining"].as_array().and_then(|a| a.iter().find(|d| d["generation"].as_u64() == Some(generation))) {
-                let left = d["drain_timeout_ms"].as_u64().unwrap_or(0).saturating_sub(d["elapsed_ms"].as_u64().unwrap_or(0));
+            if let Some(d) = m["draining"].as_array().and_then(|a| {
+                a.iter()
+                    .find(|d| d["generation"].as_u64() == Some(generation))
+            }) {
+                let left = d["drain_timeout_ms"]
+                    .as_u64()
+                    .unwrap_or(0)
+                    .saturating_sub(d["elapsed_ms"].as_u64().unwrap_or(0));
                 eprint!("\r\x1b[K  draining generation {generation}: {} in flight, {:.0} s before the drain timeout", d["inflight"], left as f64 / 1000.0);
                 let _ = std::io::stderr().flush();
             }

@@ -28,13 +28,21 @@ pub fn run(client: &Client, args: &StatusArgs) -> u8 {
         return exit::OK;
     }
     let g = &m["generation"];
-    println!("module {} ({})", m["name"].as_str().unwrap_or_default(), m["directory"].as_str().unwrap_or_default());
+    println!(
+        "module {} ({})",
+        m["name"].as_str().unwrap_or_default(),
+        m["directory"].as_str().unwrap_or_default()
+    );
     println!(
         "  generation {}: {} routes, {} sources, {} actors, {} transforms, {} deliveries in flight",
         g["number"], g["routes"], g["sources"], g["actors"], g["transforms"], g["inflight"]
     );
     for p in g["plugins"].as_array().into_iter().flatten() {
-        println!("  plugin {} {}", p["name"].as_str().unwrap_or_default(), build_text(&p["build"]));
+        println!(
+            "  plugin {} {}",
+            p["name"].as_str().unwrap_or_default(),
+            build_text(&p["build"])
+        );
     }
     for d in m["draining"].as_array().into_iter().flatten() {
         println!(
@@ -50,7 +58,10 @@ pub fn run(client: &Client, args: &StatusArgs) -> u8 {
         print_drain(&m["last_drain"]);
     }
     if !m["last_failed_reload"].is_null() {
-        println!("  last failed reload at {}:", m["last_failed_reload"]["at"].as_str().unwrap_or_default());
+        println!(
+            "  last failed reload at {}:",
+            m["last_failed_reload"]["at"].as_str().unwrap_or_default()
+        );
         print_errors(&m["last_failed_reload"]);
     }
     exit::OK
