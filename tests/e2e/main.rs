@@ -14,5 +14,6 @@ mod quickstart;
 mod reload;
 mod reload_rejects;
 mod routing;
+mod sources;
 mod watch;
 mod webhook;

@@ -19,8 +19,9 @@ use crate::url;
 pub struct PollConfig {
     /// The endpoint (required; `http://` only).
     url: String,
-    /// The `source` of events built from plain objects (default `http-poll`). Set it to the
-    /// source's id in YAML so that routes can match it.
+    /// The `source` of events built from plain objects (default `http-poll`). The daemon stamps
+    /// every polled event with the source's id from YAML anyway; this names them elsewhere (in
+    /// unit tests, say).
     #[serde(default = "default_source_id")]
     source_id: String,
     /// Extra request headers.
