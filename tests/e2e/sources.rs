@@ -11,10 +11,13 @@ use serde_json::{json, Value};
 use crate::harness::*;
 use crate::swap::install;
 
+/// Each request the feed got: its `since` and its `x-version` header.
+type FeedLog = Arc<Mutex<Vec<(Option<u64>, String)>>>;
+
 /// A feed of `total` notes, served one per request after `since`; records each request's
 /// `since` and `x-version` header.
-fn feed(total: u64) -> (u16, Arc<Mutex<Vec<(Option<u64>, String)>>>) {
-    let seen: Arc<Mutex<Vec<(Option<u64>, String)>>> = Arc::default();
+fn feed(total: u64) -> (u16, FeedLog) {
+    let seen: FeedLog = Arc::default();
     let log = seen.clone();
     let app = axum::Router::new().route(
         "/feed",
