@@ -25,18 +25,24 @@ fn stopped(sink: &Sink) -> Vec<(String, String)> {
         .collect()
 }
 
-#[test]
-fn a_session_in_flight_finishes_on_v1_and_v1_unloads_only_afterwards() {
+/// Starts module `m` whose sessions last `session`, starts one session on v1 and installs the v2
+/// build of the agent plugin (not yet reloaded).
+fn session_running_on_v1(test: &str, session: &str) -> (Sink, Daemon) {
     let (_, v2) = builds("agent");
-    let dir = test_dir("drain_finishes_on_v1");
+    let dir = test_dir(test);
     let module = dir.join("m");
     let sink = Sink::start();
-    swap_module(&module, "m", &sink, "2s");
+    swap_module(&module, "m", &sink, session);
     let mut daemon = Daemon::start(&[&module], &base_env(&dir.join("home")));
-
     assert_eq!(daemon.post("m-in", &task()).status, 202);
     daemon.wait_log("session ses_");
     install(&module, "agent", &v2);
+    (sink, daemon)
+}
+
+#[test]
+fn a_session_in_flight_finishes_on_v1_and_v1_unloads_only_afterwards() {
+    let (sink, daemon) = session_running_on_v1("drain_finishes_on_v1", "2s");
     let (code, report) = daemon.cli_json(&["module", "reload", "m", "--json"]);
     assert_eq!(code, 0, "{report:#}");
     assert_eq!(report["draining"]["generation"], 1);
@@ -82,15 +88,7 @@ fn a_session_in_flight_finishes_on_v1_and_v1_unloads_only_afterwards() {
 
 #[test]
 fn the_drain_timeout_cancels_what_still_runs_and_reports_it() {
-    let (_, v2) = builds("agent");
-    let dir = test_dir("drain_timeout");
-    let module = dir.join("m");
-    let sink = Sink::start();
-    swap_module(&module, "m", &sink, "60s");
-    let mut daemon = Daemon::start(&[&module], &base_env(&dir.join("home")));
-    assert_eq!(daemon.post("m-in", &task()).status, 202);
-    daemon.wait_log("session ses_");
-    install(&module, "agent", &v2);
+    let (sink, daemon) = session_running_on_v1("drain_timeout", "60s");
     let (code, report) = daemon.cli_json(&[
         "module",
         "reload",
@@ -119,15 +117,7 @@ fn the_drain_timeout_cancels_what_still_runs_and_reports_it() {
 
 #[test]
 fn force_cancels_at_once() {
-    let (_, v2) = builds("agent");
-    let dir = test_dir("drain_force");
-    let module = dir.join("m");
-    let sink = Sink::start();
-    swap_module(&module, "m", &sink, "60s");
-    let mut daemon = Daemon::start(&[&module], &base_env(&dir.join("home")));
-    assert_eq!(daemon.post("m-in", &task()).status, 202);
-    daemon.wait_log("session ses_");
-    install(&module, "agent", &v2);
+    let (_sink, daemon) = session_running_on_v1("drain_force", "60s");
     let out = daemon.cli(&["module", "reload", "m", "--force", "--wait"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}");
