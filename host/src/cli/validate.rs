@@ -12,6 +12,7 @@ use serde_json::json;
 
 use super::exit;
 use crate::config::{self, ConfigError};
+use crate::control::error::error_json;
 use crate::module::generation::Generation;
 use crate::module::stage::{stage, StageCtx};
 use crate::plugin::http_client::HttpClient;
@@ -69,7 +70,7 @@ fn report(args: &ValidateArgs, result: &Result<Generation, Vec<ConfigError>>) ->
         (Err(errors), true) => {
             println!(
                 "{}",
-                json!({"valid": false, "errors": errors.iter().map(|e| json!({"file": e.file, "line": e.pos.map(|p| p.line), "column": e.pos.map(|p| p.col), "field": e.field, "message": e.message, "text": e.to_string()})).collect::<Vec<_>>()})
+                json!({"valid": false, "errors": errors.iter().map(error_json).collect::<Vec<_>>()})
             );
             exit::INVALID
         }
