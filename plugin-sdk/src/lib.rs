@@ -112,7 +112,7 @@ pub use host::{Cancel, Host, HttpRequest, HttpResponse, Level};
 pub use manifest::{Manifest, SymbolInfo, SymbolKind};
 pub use source::{Polled, Source};
 pub use transform::{Transform, TransformCtx, Verdict};
-pub use value::{Doc, Kind, ValueRef};
+pub use value::{Doc, Kind, Part, ValueRef};
 
 // Re-exported so that plugins use the same versions as the SDK. (Changing either major version is a
 // breaking change of this crate.)

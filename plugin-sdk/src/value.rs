@@ -95,6 +95,24 @@ impl Doc {
         b.finish()
     }
 
+    /// An object of the given entries, in order; a [`Part::Doc`] value is copied in as it is (no
+    /// conversion), which is how the daemon wraps a parsed webhook body into an event.
+    #[doc(hidden)]
+    pub fn object(entries: &[(&str, Part<'_>)]) -> Doc {
+        let mut b = Builder::default();
+        let at = b.open(OBJECT);
+        for (k, v) in entries {
+            b.string(k);
+            match v {
+                Part::Str(s) => b.string(s),
+                Part::Json(j) => b.push_json(j),
+                Part::Doc(d) => b.embed(d),
+            }
+        }
+        b.close(at, entries.len());
+        b.finish()
+    }
+
     /// Parses JSON text straight into a `Doc`, without an intermediate `serde_json::Value`.
     pub fn parse(text: &[u8]) -> Result<Doc, serde_json::Error> {
         let mut de = serde_json::Deserializer::from_slice(text);
@@ -137,6 +155,14 @@ impl fmt::Debug for Doc {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(&self.root(), f)
     }
+}
+
+/// A value for [`Doc::object`].
+#[doc(hidden)]
+pub enum Part<'a> {
+    Str(&'a str),
+    Json(&'a Json),
+    Doc(&'a Doc),
 }
 
 /// A borrowed view of one value inside a [`Doc`]: read it with `as_str`, `as_i64`, `get`,
@@ -467,6 +493,20 @@ impl Builder {
         node.span = span as u32;
     }
 
+    /// Appends a whole document as one value: its nodes, with string offsets moved past the text
+    /// already here (spans are relative, so they stay).
+    fn embed(&mut self, doc: &Doc) {
+        let shift = self.text.len() as u64;
+        self.text.push_str(doc.text.as_str());
+        self.nodes.extend(doc.nodes.iter().map(|n| match n.kind {
+            STR => Node {
+                bits: n.bits + shift,
+                ..*n
+            },
+            _ => *n,
+        }));
+    }
+
     fn push_json(&mut self, value: &Json) {
         match value {
             Json::Null => self.leaf(NULL, 0),
@@ -622,6 +662,24 @@ mod tests {
         assert!(!r.get("s").unwrap().equals(&json!(1)));
         assert!(r.get("o").unwrap().equals(&json!({"k": [1, "a"]})));
         assert!(!r.get("o").unwrap().equals(&json!({"k": [1]})));
+    }
+
+    #[test]
+    fn objects_embed_documents_as_they_are() {
+        let inner = Doc::parse(br#"{"a": "x", "b": [1, "y"]}"#).unwrap();
+        let outer = Doc::object(&[
+            ("s", Part::Str("t")),
+            ("j", Part::Json(&json!({"k": 2}))),
+            ("d", Part::Doc(&inner)),
+        ]);
+        assert_eq!(
+            outer.to_json(),
+            json!({"s": "t", "j": {"k": 2}, "d": {"a": "x", "b": [1, "y"]}})
+        );
+        assert_eq!(
+            outer.root().path("d.b.1").and_then(|v| v.as_str()),
+            Some("y")
+        );
     }
 
     #[test]

@@ -42,19 +42,6 @@ pub struct StartArgs {
 
 pub fn run(args: StartArgs) -> ExitCode {
     init_tracing();
-    let listener = match std::net::TcpListener::bind(("127.0.0.1", args.port)) {
-        Ok(l) => l,
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && token_path(args.port).exists() => {
-            return register_into_running(&args)
-        }
-        Err(e) => {
-            eprintln!(
-                "error: cannot listen on 127.0.0.1:{}: {e} (choose another port with --port)",
-                args.port
-            );
-            return ExitCode::from(exit::FAILURE);
-        }
-    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -62,6 +49,20 @@ pub fn run(args: StartArgs) -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    let listener = match runtime.block_on(listen(args.port)) {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && token_path(args.port).exists() => {
+            drop(runtime);
+            return register_into_running(&args);
+        }
+        Err(e) => {
+            eprintln!(
+                "error: cannot listen on 127.0.0.1:{}: {e} (choose another port with --port)",
+                args.port
+            );
             return ExitCode::from(exit::FAILURE);
         }
     };
@@ -94,21 +95,20 @@ fn register_into_running(args: &StartArgs) -> ExitCode {
     ExitCode::from(worst)
 }
 
-async fn daemon(args: StartArgs, listener: std::net::TcpListener) -> u8 {
+/// Binds 127.0.0.1:`port` with a deep accept backlog (the standard library's 128 overflows when
+/// many senders connect at once, and each overflow costs the sender a 1 s retry).
+async fn listen(port: u16) -> std::io::Result<TcpListener> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(std::net::SocketAddr::from(([127, 0, 0, 1], port)))?;
+    socket.listen(4096)
+}
+
+async fn daemon(args: StartArgs, listener: TcpListener) -> u8 {
     let started = Instant::now();
     crate::home::clean_stale_runs();
     let store = PluginStore::new(crate::home::run_dir().join("plugins"));
     let registry = Arc::new(Registry::new(Loader::new(store.clone())));
-    let listener = match listener
-        .set_nonblocking(true)
-        .and_then(|()| TcpListener::from_std(listener))
-    {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: cannot use the listening socket: {e}");
-            return exit::FAILURE;
-        }
-    };
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(args.port);
     let token = match create_token(port) {
         Ok(t) => t,

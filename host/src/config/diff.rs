@@ -129,7 +129,7 @@ pub fn same_transform(a: &TransformSpec, b: &TransformSpec) -> bool {
 }
 
 pub fn same_actor(a: &ActorSpec, b: &ActorSpec) -> bool {
-    (&a.symbol, &a.config) == (&b.symbol, &b.config)
+    (&a.symbol, &a.config, a.max_inflight) == (&b.symbol, &b.config, b.max_inflight)
 }
 
 pub fn same_source(a: &SourceSpec, b: &SourceSpec) -> bool {

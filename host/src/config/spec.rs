@@ -115,6 +115,8 @@ pub struct ActorSpec {
     pub id: String,
     pub symbol: SymbolRef,
     pub config: Json,
+    /// Deliveries to this actor at once; more wait their turn.
+    pub max_inflight: usize,
     pub origin: Origin,
 }
 

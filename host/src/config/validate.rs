@@ -18,6 +18,8 @@ use orgloop_plugin_sdk::duration::parse as parse_duration;
 
 /// Default body limit of a webhook source.
 pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
+/// Deliveries to one actor at once, unless its `max_inflight` says otherwise.
+const DEFAULT_MAX_INFLIGHT: u32 = 64;
 const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
 const DEFAULT_POLL: Duration = Duration::from_secs(300);
 
@@ -284,10 +286,20 @@ impl Checker<'_> {
                         .config
                         .clone()
                         .unwrap_or_else(|| Json::Object(Default::default()));
+                    let max_inflight = a.max_inflight.unwrap_or(DEFAULT_MAX_INFLIGHT) as usize;
+                    if max_inflight == 0 {
+                        let pos = group.doc.pos(&format!("actors[{i}].max_inflight"));
+                        self.errors.push(origin.error_at(
+                            "max_inflight",
+                            pos,
+                            "must be at least 1",
+                        ));
+                    }
                     actors.push(ActorSpec {
                         id: a.id.clone(),
                         symbol,
                         config,
+                        max_inflight: max_inflight.max(1),
                         origin: group.origin(format!("actors[{i}].connector")),
                     });
                 }

@@ -40,6 +40,16 @@ pub fn deliver(generation: Arc<Generation>, route: usize, event: Event) {
         let route = &g.routes[route];
         let Some(actor) = g.actors.get(&route.spec.actor) else { return };
         let detail = Detail { route: Some(&route.spec.name), target: Some(&route.spec.actor), ..Default::default() };
+        // Wait for a free slot of the actor; a drain that cancels meanwhile ends the wait.
+        let permit = tokio::select! {
+            p = actor.limit.clone().acquire_owned() => p.ok(),
+            _ = g.cancel.cancelled() => None,
+        };
+        let Some(_permit) = permit else {
+            let error = Some("cancelled before it started (the actor was at max_inflight)");
+            g.loggers.log(Phase::DeliverFailure, &event, Detail { result: Some("error"), error, ..detail });
+            return;
+        };
         let config = interpolate(&route.spec.config, &event);
         let prompt = match &route.spec.prompt_file {
             Some(path) => read_prompt(path).await,
@@ -55,7 +65,7 @@ pub fn deliver(generation: Arc<Generation>, route: usize, event: Event) {
         };
         let started = Instant::now();
         let result = tokio::select! {
-            r = actor.deliver(request, signal(g.cancel.child_token())) => r,
+            r = actor.obj.deliver(request, signal(g.cancel.child_token())) => r,
             _ = g.kill.cancelled() => Err("dropped: still running after the cancellation grace period".into()),
         };
         let duration_ms = Some(started.elapsed().as_secs_f64() * 1000.0);

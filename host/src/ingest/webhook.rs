@@ -10,8 +10,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use hmac::{Hmac, Mac};
 use http_body_util::{BodyExt, Limited};
-use orgloop_plugin_sdk::{format_timestamp, new_event_id, new_trace_id, Event};
-use serde_json::{json, Value};
+use orgloop_plugin_sdk::{format_timestamp, new_event_id, new_trace_id, Doc, Event, Part};
+use serde_json::json;
 use sha2::Sha256;
 
 use crate::config::spec::WebhookConfig;
@@ -45,16 +45,13 @@ pub async fn receive(
             return error_response(StatusCode::UNAUTHORIZED, why);
         }
     }
-    let payload: Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
+    let payload = match Doc::parse(&body) {
+        Ok(d) => d,
         Err(e) => {
             return error_response(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}"))
         }
     };
-    let event = match build_event(&source, &target.config, payload) {
-        Ok(e) => e,
-        Err(e) => return error_response(StatusCode::BAD_REQUEST, e),
-    };
+    let event = build_event(&source, &target.config, &payload);
     let id = event.id().to_owned();
     match target.module.accept(event, Some(&target.stats)) {
         Ok(()) => (
@@ -67,25 +64,27 @@ pub async fn receive(
 }
 
 /// Upstream's generic webhook event: `resource.changed`, platform `webhook`, `platform_event` from
-/// the configured body field (else `unknown`), the body as payload.
-fn build_event(source: &str, config: &WebhookConfig, payload: Value) -> Result<Event, String> {
+/// the configured body field (else `unknown`), the body as payload. The body, parsed once, is
+/// copied into the event as it is; every other field is valid by construction.
+fn build_event(source: &str, config: &WebhookConfig, payload: &Doc) -> Event {
     let platform_event = config
         .event_type_field
         .as_deref()
-        .and_then(|f| payload.get(f))
-        .and_then(Value::as_str)
-        .unwrap_or("unknown")
-        .to_owned();
-    let value = json!({
-        "id": new_event_id(),
-        "timestamp": format_timestamp(std::time::SystemTime::now()),
-        "source": source,
-        "type": "resource.changed",
-        "provenance": {"platform": "webhook", "platform_event": platform_event},
-        "payload": payload,
-        "trace_id": new_trace_id(),
-    });
-    Event::from_json(value).map_err(|e| e.to_string())
+        .and_then(|f| payload.root().get(f))
+        .and_then(|v| v.as_str())
+        .unwrap_or("unknown");
+    let provenance = json!({"platform": "webhook", "platform_event": platform_event});
+    let (id, trace_id) = (new_event_id(), new_trace_id());
+    let timestamp = format_timestamp(std::time::SystemTime::now());
+    Event::from_doc_unchecked(Doc::object(&[
+        ("type", Part::Str("resource.changed")),
+        ("source", Part::Str(source)),
+        ("id", Part::Str(&id)),
+        ("trace_id", Part::Str(&trace_id)),
+        ("timestamp", Part::Str(&timestamp)),
+        ("provenance", Part::Json(&provenance)),
+        ("payload", Part::Doc(payload)),
+    ]))
 }
 
 /// Checks `x-hub-signature-256` (or `x-signature`): `sha256=<hex of HMAC-SHA256(secret, body)>`.
@@ -147,7 +146,8 @@ mod tests {
             event_type_field: Some("action".into()),
             max_body_bytes: 10,
         };
-        let e = build_event("hook", &cfg, json!({"action": "opened"})).unwrap();
+        let e = build_event("hook", &cfg, &Doc::from_json(&json!({"action": "opened"})));
+        assert!(Event::from_json(e.to_json()).is_ok(), "a valid event");
         assert_eq!(e.source(), "hook");
         assert_eq!(e.str_field("provenance.platform_event"), Some("opened"));
         assert_eq!(e.str_field("provenance.platform"), Some("webhook"));

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -24,6 +25,14 @@ pub struct TransformSlot {
     pub obj: PluginTransform,
     /// The definition's `on_error`, used when the route sets none.
     pub on_error: Option<OnError>,
+}
+
+/// An actor and the bound on its concurrent deliveries.
+pub struct ActorSlot {
+    pub obj: PluginActor,
+    /// Permits for deliveries in flight (the actor's `max_inflight`): beyond it, deliveries wait
+    /// their turn instead of piling up connections or sessions.
+    pub limit: Arc<Semaphore>,
 }
 
 /// A plugin source and how often to poll it.
@@ -44,7 +53,7 @@ pub struct Generation {
     pub by_source: HashMap<String, Vec<usize>>,
     /// Shared with the next generation when carried over (same definition, same library).
     pub transforms: HashMap<String, Arc<TransformSlot>>,
-    pub actors: HashMap<String, Arc<PluginActor>>,
+    pub actors: HashMap<String, Arc<ActorSlot>>,
     pub sources: Vec<SourceSlot>,
     pub loggers: Arc<Loggers>,
     /// Deliveries running on this generation.

@@ -22,7 +22,9 @@ use crate::plugin::http_client::HttpClient;
 use crate::plugin::services::{Emitter, Services};
 use crate::plugin::{Library, Loader};
 
-use super::generation::{Generation, SourceSlot, TransformSlot};
+use tokio::sync::Semaphore;
+
+use super::generation::{ActorSlot, Generation, SourceSlot, TransformSlot};
 
 /// What staging needs from the daemon.
 pub struct StageCtx<'a> {
@@ -102,8 +104,8 @@ pub fn stage(spec: Arc<ModuleSpec>, ctx: &StageCtx<'_>) -> Result<Generation, Ve
         };
         let kept = prev.and_then(|p| {
             let old = p.spec.actors.iter().find(|o| o.id == a.id)?;
-            let obj = p.actors.get(&a.id)?;
-            (same_actor(old, a) && Arc::ptr_eq(obj.library(), &lib)).then(|| obj.clone())
+            let slot = p.actors.get(&a.id)?;
+            (same_actor(old, a) && Arc::ptr_eq(slot.obj.library(), &lib)).then(|| slot.clone())
         });
         let obj = match kept {
             Some(obj) => obj,
@@ -112,7 +114,10 @@ pub fn stage(spec: Arc<ModuleSpec>, ctx: &StageCtx<'_>) -> Result<Generation, Ve
                 &a.config.to_string(),
                 services(format!("{}/{}", a.symbol, a.id), Some(&a.id)),
             ) {
-                Ok(obj) => Arc::new(obj),
+                Ok(obj) => Arc::new(ActorSlot {
+                    obj,
+                    limit: Arc::new(Semaphore::new(a.max_inflight)),
+                }),
                 Err(e) => {
                     errors.push(
                         a.origin
