@@ -149,3 +149,38 @@ fn a_failed_delivery_is_logged_as_deliver_failure() {
     assert_eq!(failures.len(), 3, "{log}");
     assert_contains(failures[0]["error"].as_str().unwrap(), "HTTP 503");
 }
+
+#[test]
+fn an_actor_runs_at_most_max_inflight_deliveries_at_once() {
+    let dir = test_dir("routing_max_inflight");
+    let module = dir.join("m");
+    let sink = Sink::start();
+    crate::swap::swap_module(&module, "m", &sink, "700ms");
+    let connectors = std::fs::read_to_string(module.join("connectors/c.yaml")).unwrap();
+    let connectors = connectors.replace(
+        "connector: agent::session,",
+        "connector: agent::session, max_inflight: 1,",
+    );
+    assert!(connectors.contains("max_inflight: 1"));
+    write_files(&module, &[("connectors/c.yaml", &connectors)]);
+    let daemon = Daemon::start(&[&module], &base_env(&dir.join("home")));
+    for _ in 0..2 {
+        assert_eq!(daemon.post("m-in", &json!({"kind": "task"})).status, 202);
+    }
+    let got = sink.wait_for(2);
+    let mut spans: Vec<(String, String)> = got
+        .iter()
+        .map(|r| {
+            let s = &r.body["event"]["payload"]["session"];
+            (
+                s["started_at"].as_str().unwrap().to_owned(),
+                s["ended_at"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    spans.sort();
+    assert!(
+        spans[1].0 >= spans[0].1,
+        "the second session started before the first ended: {spans:?}"
+    );
+}
