@@ -19,7 +19,7 @@ use orgloop_plugin_sdk::duration::parse as parse_duration;
 /// Default body limit of a webhook source.
 pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
 /// Deliveries to one actor at once, unless its `max_inflight` says otherwise.
-const DEFAULT_MAX_INFLIGHT: u32 = 64;
+const DEFAULT_MAX_INFLIGHT: u32 = 1024;
 const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
 const DEFAULT_POLL: Duration = Duration::from_secs(300);
 
