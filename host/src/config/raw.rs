@@ -100,7 +100,7 @@ pub struct ActorDef {
     pub connector: String,
     #[serde(default)]
     pub config: Option<Json>,
-    /// How many deliveries may run at once (default 64); more wait their turn.
+    /// How many deliveries may run at once (default 1024); more wait their turn.
     #[serde(default)]
     pub max_inflight: Option<u32>,
     #[serde(default)]
