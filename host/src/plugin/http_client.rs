@@ -62,7 +62,7 @@ impl HttpClient {
                 .client
                 .request(request)
                 .await
-                .map_err(|e| format!("{} {}: {}", req.method, req.url, error_chain(&e)))?;
+                .map_err(|e| error_chain(&e))?; // the caller names the request
             let (parts, body) = response.into_parts();
             let body = Limited::new(body, MAX_RESPONSE_BYTES)
                 .collect()

@@ -46,9 +46,9 @@ pub fn run(client: &Client, args: &ListArgs) -> u8 {
         println!(
             "{:<20} {:>10} {:>7} {:>9} {:>9}  {}",
             m["name"].as_str().unwrap_or_default(),
-            g["number"],
-            g["routes"],
-            g["inflight"],
+            g["number"].to_string(),
+            g["routes"].to_string(),
+            g["inflight"].to_string(),
             m["draining"].as_array().map_or(0, Vec::len),
             plugins.join(", ")
         );
