@@ -117,14 +117,12 @@ pub async fn unload(
     Path(name): Path<String>,
     Query(p): Query<StopParams>,
 ) -> Result<Json<Value>, ApiError> {
-    let report = app
-        .registry
-        .unload(
-            &name,
-            p.drain_timeout_ms.map(Duration::from_millis),
-            p.force,
-        )
-        .await?;
+    // On a task of its own: a client that hangs up must not cut an unload in half.
+    let (registry, module) = (app.registry.clone(), name.clone());
+    let timeout = p.drain_timeout_ms.map(Duration::from_millis);
+    let report = tokio::spawn(async move { registry.unload(&module, timeout, p.force).await })
+        .await
+        .map_err(|e| ApiError::Internal(format!("unload task failed: {e}")))??;
     Ok(Json(json!({"module": name, "drain": report})))
 }
 

@@ -52,7 +52,12 @@ pub fn deliver(generation: Arc<Generation>, route: usize, event: Event) {
         };
         let config = interpolate(&route.spec.config, &event);
         let prompt = match &route.spec.prompt_file {
-            Some(path) => read_prompt(path).await,
+            // Under `kill` too: a hung read (a FIFO, a stalled network file system) must not hold
+            // the drain, and with it every later reload of the module.
+            Some(path) => tokio::select! {
+                p = read_prompt(path) => p,
+                _ = g.kill.cancelled() => return,
+            },
             None => None,
         };
         g.loggers.log(Phase::DeliverAttempt, &event, detail);

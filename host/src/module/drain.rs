@@ -21,7 +21,7 @@ pub fn start(
     still_used: &[Arc<Library>],
     timeout: Duration,
     force: bool,
-) -> DrainStart {
+) -> (DrainStart, Finished) {
     let unloads: Arc<Mutex<Vec<LibraryUnload>>> = Arc::default();
     for (name, lib) in &old.libraries {
         if still_used.iter().any(|l| Arc::ptr_eq(l, lib)) {
@@ -44,7 +44,7 @@ pub fn start(
     if force {
         force_token.cancel();
     }
-    let (done, finished) = tokio::sync::watch::channel(false);
+    let (done, finished) = tokio::sync::watch::channel(None);
     let start = DrainStart {
         generation: old.number,
         inflight: old.inflight.len(),
@@ -56,7 +56,7 @@ pub fn start(
         timeout,
         gen: Arc::downgrade(&old),
         force: force_token.clone(),
-        finished,
+        finished: finished.clone(),
     });
     let module = module.clone();
     tokio::spawn(async move {
@@ -98,43 +98,39 @@ pub fn start(
         {
             record.draining = None;
         }
-        record.last_drain = Some(report);
+        record.last_drain = Some(report.clone());
         drop(record);
-        let _ = done.send(true);
+        let _ = done.send(Some(report));
     });
-    start
+    (start, finished)
+}
+
+/// Tells, once, how a drain ended.
+pub type Finished = tokio::sync::watch::Receiver<Option<DrainReport>>;
+
+/// The report of the drain `finished` belongs to, once it is over.
+pub async fn report(mut finished: Finished) -> Option<DrainReport> {
+    finished
+        .wait_for(Option::is_some)
+        .await
+        .ok()
+        .and_then(|r| r.clone())
+}
+
+/// The current drain of `module`, if there is one: its generation, its force switch and its end.
+pub fn current(module: &Module) -> Option<(u64, CancellationToken, Finished)> {
+    let record = module.record();
+    let d = record.draining.as_ref()?;
+    Some((d.generation, d.force.clone(), d.finished.clone()))
 }
 
 /// Cuts the current drain of `module` short, if there is one, and waits until it is over.
 pub async fn force_current(module: &Module) -> Option<ForcedDrain> {
-    let (generation, force, mut finished) = {
-        let record = module.record();
-        let d = record.draining.as_ref()?;
-        (d.generation, d.force.clone(), d.finished.clone())
-    };
+    let (generation, force, finished) = current(module)?;
     force.cancel();
-    let _ = finished.wait_for(|done| *done).await;
-    let cancelled = module
-        .record()
-        .last_drain
-        .as_ref()
-        .filter(|d| d.generation == generation)
-        .map_or(0, |d| d.cancelled);
+    let cancelled = report(finished).await.map_or(0, |d| d.cancelled);
     Some(ForcedDrain {
         generation,
         cancelled,
     })
-}
-
-/// Waits until the drain of generation `number` (if any) is over.
-pub async fn wait(module: &Module, number: u64) {
-    let finished = module
-        .record()
-        .draining
-        .as_ref()
-        .filter(|d| d.generation == number)
-        .map(|d| d.finished.clone());
-    if let Some(mut finished) = finished {
-        let _ = finished.wait_for(|done| *done).await;
-    }
 }

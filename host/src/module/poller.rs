@@ -33,19 +33,31 @@ impl Pollers {
     /// over, replaces the others, stops those of removed sources.
     pub fn reconcile(&self, module: &Arc<Module>, generation: &Generation) {
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        running.retain(|id, p| {
+        // Stop the pollers whose source is gone or replaced. A replacement waits until its
+        // predecessor's task has ended before its first poll, so the two never overlap (and the
+        // old one cannot write its checkpoint after the new one read it).
+        let mut stopped: HashMap<String, JoinHandle<()>> = HashMap::new();
+        let ids: Vec<String> = running.keys().cloned().collect();
+        for id in ids {
+            let source = &running[&id].source;
             let keep = generation
                 .sources
                 .iter()
-                .any(|s| s.id == *id && Arc::ptr_eq(&s.obj, &p.source));
+                .any(|s| s.id == id && Arc::ptr_eq(&s.obj, source));
             if !keep {
-                p.stop.cancel();
+                if let Some(p) = running.remove(&id) {
+                    p.stop.cancel();
+                    stopped.insert(id, p.task);
+                }
             }
-            keep
-        });
+        }
         for slot in &generation.sources {
             if !running.contains_key(&slot.id) {
-                running.insert(slot.id.clone(), spawn(Arc::downgrade(module), slot));
+                let previous = stopped.remove(&slot.id);
+                running.insert(
+                    slot.id.clone(),
+                    spawn(Arc::downgrade(module), slot, previous),
+                );
             }
         }
     }
@@ -59,24 +71,28 @@ impl Pollers {
             .drain()
             .map(|(_, p)| p)
             .collect();
+        pollers.iter().for_each(|p| p.stop.cancel());
         for p in pollers {
-            p.stop.cancel();
             let _ = p.task.await;
         }
     }
 }
 
-fn spawn(module: Weak<Module>, slot: &SourceSlot) -> Poller {
+fn spawn(module: Weak<Module>, slot: &SourceSlot, previous: Option<JoinHandle<()>>) -> Poller {
     let (source, id, interval) = (slot.obj.clone(), slot.id.clone(), slot.interval);
     let stop = CancellationToken::new();
     let (task_source, task_stop) = (source.clone(), stop.clone());
     let task = tokio::spawn(async move {
+        if let Some(previous) = previous {
+            let _ = previous.await;
+        }
         loop {
             let Some(m) = module.upgrade() else { return };
             let stats = m.source_stats(&id);
             let polled = tokio::select! {
-                r = task_source.poll(m.checkpoint(&id)) => r,
+                biased;
                 _ = task_stop.cancelled() => return,
+                r = task_source.poll(m.checkpoint(&id)) => r,
             };
             match polled {
                 Ok(p) => {
@@ -97,8 +113,9 @@ fn spawn(module: Weak<Module>, slot: &SourceSlot) -> Poller {
             }
             drop(m);
             tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
+                biased;
                 _ = task_stop.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
             }
         }
     });

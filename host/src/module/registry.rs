@@ -151,24 +151,26 @@ impl Registry {
         self.rebuild_webhooks();
         let _serial = module.lifecycle.lock().await;
         module.pollers.stop_all().await;
-        let earlier = module.record().draining.as_ref().map(|d| d.generation);
+        // A generation still draining from an earlier reload ends with this one (forced too,
+        // with `force`), and the unload waits for both.
+        let earlier = drain::current(&module);
+        if let Some((_, earlier_force, _)) = earlier.as_ref().filter(|_| force) {
+            earlier_force.cancel();
+        }
         let Some(current) = module.current.swap(None) else {
             return Err(LoadError::NotFound(name.to_owned()));
         };
-        let number = current.number;
         let timeout = if force {
             Duration::ZERO
         } else {
             timeout.unwrap_or(current.spec.drain_timeout)
         };
-        drain::start(&module, current, &[], timeout, force);
-        drain::wait(&module, number).await;
-        if let Some(earlier) = earlier {
-            drain::wait(&module, earlier).await;
+        let (_, finished) = drain::start(&module, current, &[], timeout, force);
+        let report = drain::report(finished).await;
+        if let Some((_, _, earlier_finished)) = earlier {
+            drain::report(earlier_finished).await;
         }
         tracing::info!(module = %module.name, "module unloaded");
-        let record = module.record();
-        let report = record.last_drain.clone().filter(|d| d.generation == number);
         report.ok_or_else(|| LoadError::NotFound(name.to_owned()))
     }
 

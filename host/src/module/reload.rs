@@ -44,8 +44,11 @@ pub async fn reload(
 ) -> ReloadOutcome {
     let request = module.requests.fetch_add(1, Ordering::SeqCst) + 1;
     let _serial = module.lifecycle.lock().await;
-    if let Some((covered, outcome)) = &module.record().last_reload {
-        if *covered >= request && !opts.dry_run {
+    // A request with options of its own (force, a drain timeout, a dry run) is never answered by
+    // a reload made with other options.
+    let plain = !opts.force && opts.drain_timeout.is_none() && !opts.dry_run;
+    if let Some((covered, outcome)) = module.record().last_reload.as_ref().filter(|_| plain) {
+        if *covered >= request {
             let mut outcome = outcome.clone();
             if let ReloadOutcome::Swapped(r) | ReloadOutcome::Unchanged(r) = &mut outcome {
                 r.coalesced = true;
@@ -163,7 +166,7 @@ async fn attempt(registry: &Registry, module: &Arc<Module>, opts: &ReloadOptions
         opts.drain_timeout.unwrap_or(staged.spec.drain_timeout)
     };
     let still_used: Vec<_> = staged.libraries.iter().map(|(_, l)| l.clone()).collect();
-    report.draining = Some(drain::start(module, old, &still_used, timeout, opts.force));
+    report.draining = Some(drain::start(module, old, &still_used, timeout, opts.force).0);
     tracing::info!(
         module = %module.name,
         from = report.from_generation,

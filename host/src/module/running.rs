@@ -45,7 +45,7 @@ pub struct Draining {
     pub(super) gen: Weak<Generation>,
     /// Raising it cuts the drain short (cancel now, drop after the grace).
     pub(super) force: CancellationToken,
-    pub(super) finished: tokio::sync::watch::Receiver<bool>,
+    pub(super) finished: super::drain::Finished,
 }
 
 impl Draining {

@@ -16,7 +16,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 use super::registry::Registry;
 use super::report::ReloadOutcome;
 use super::ReloadOptions;
-use crate::config::render_errors;
+use crate::config::{self, render_errors};
 
 /// Which changed paths matter to one module.
 #[derive(Default)]
@@ -72,13 +72,24 @@ async fn watch(registry: Arc<Registry>, name: &str, debounce: Duration) -> notif
             return Ok(());
         };
         // Watch the module directory and the directory of each plugin file (files are replaced,
-        // not rewritten in place, so their directory is what sees the change).
-        let plugins: Vec<PathBuf> = generation
-            .spec
-            .plugins
-            .iter()
-            .map(|p| p.path.clone())
-            .collect();
+        // not rewritten in place, so their directory is what sees the change): the plugins the
+        // files on disk name, when they parse, so that a reload rejected because a new plugin is
+        // not built yet still watches for that build.
+        let plugins: Vec<PathBuf> = match config::load::read_module(&module.dir) {
+            Ok(raw) => raw
+                .project
+                .value
+                .plugins
+                .iter()
+                .map(|p| raw.dir.join(&p.path))
+                .collect(),
+            Err(_) => generation
+                .spec
+                .plugins
+                .iter()
+                .map(|p| p.path.clone())
+                .collect(),
+        };
         let mut wanted: HashSet<PathBuf> = plugins
             .iter()
             .filter_map(|p| normalize(p).parent().map(Path::to_path_buf))

@@ -74,13 +74,38 @@ impl HostServices for Services {
     fn http(&self, request: FfiHttpRequest) -> FfiFuture<RResult<FfiHttpResponse, RString>> {
         let request = HttpRequest::from_wire(&request);
         let client = self.http.clone();
+        // The request runs as a task of its own: hyper keeps the waker of whoever polls a request
+        // in state its connection task owns, for as long as the connection lives. The plugin's
+        // waker must not end up there (it is plugin code, and the plugin may be unloaded first);
+        // a task's join handle drops the waker it holds when it is dropped, with the plugin.
+        let task = AbortOnDrop(tokio::spawn(async move { client.send(request).await }));
         async move {
-            match client.send(request).await {
-                Ok(r) => RResult::ROk(r.into_wire()),
-                Err(e) => RResult::RErr(e.into()),
+            match task.await {
+                Ok(Ok(r)) => RResult::ROk(r.into_wire()),
+                Ok(Err(e)) => RResult::RErr(e.into()),
+                Err(e) => RResult::RErr(format!("the HTTP request failed: {e}").into()),
             }
         }
         .into_ffi()
+    }
+}
+
+/// A task's join handle that aborts the task when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> std::future::Future for AbortOnDrop<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
