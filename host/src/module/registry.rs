@@ -105,12 +105,7 @@ impl Registry {
         {
             let mut modules = self.lock();
             // Checked again under the lock: another load may have finished meanwhile.
-            if modules.contains_key(&module.name) {
-                return Err(LoadError::Conflict(format!(
-                    "a module named {:?} is already loaded",
-                    module.name
-                )));
-            }
+            conflicts(&modules, &generation.spec, None)?;
             module.current.store(Some(generation.clone()));
             modules.insert(module.name.clone(), module.clone());
         }
@@ -181,26 +176,20 @@ impl Registry {
         spec: &ModuleSpec,
         except: Option<&str>,
     ) -> Result<(), LoadError> {
+        conflicts(&self.lock(), spec, except)
+    }
+
+    /// Runs `swap` unless `spec` now conflicts with another module, atomically with the check
+    /// (under the modules lock, which `load` also holds while it checks and inserts).
+    pub(super) fn swap_unless_conflict(
+        &self,
+        spec: &ModuleSpec,
+        module: &str,
+        swap: impl FnOnce(),
+    ) -> Result<(), LoadError> {
         let modules = self.lock();
-        if except.is_none() && modules.contains_key(&spec.name) {
-            return Err(LoadError::Conflict(format!(
-                "a module named {:?} is already loaded",
-                spec.name
-            )));
-        }
-        for other in modules.values().filter(|m| Some(m.name.as_str()) != except) {
-            let Some(g) = other.current() else { continue };
-            if let Some(s) = spec
-                .sources
-                .iter()
-                .find(|s| g.spec.sources.iter().any(|o| o.id == s.id))
-            {
-                return Err(LoadError::Conflict(format!(
-                    "source id {:?} is already used by module {:?}; source ids are unique across modules",
-                    s.id, other.name
-                )));
-            }
-        }
+        conflicts(&modules, spec, Some(module))?;
+        swap();
         Ok(())
     }
 
@@ -289,4 +278,33 @@ impl Registry {
         }
         while stops.join_next().await.is_some() {}
     }
+}
+
+/// Whether `spec` may run beside `modules` (all but `except`, the module being reloaded): its name
+/// and its source ids must be free.
+fn conflicts(
+    modules: &BTreeMap<String, Arc<Module>>,
+    spec: &ModuleSpec,
+    except: Option<&str>,
+) -> Result<(), LoadError> {
+    if except.is_none() && modules.contains_key(&spec.name) {
+        return Err(LoadError::Conflict(format!(
+            "a module named {:?} is already loaded",
+            spec.name
+        )));
+    }
+    for other in modules.values().filter(|m| Some(m.name.as_str()) != except) {
+        let Some(g) = other.current() else { continue };
+        if let Some(s) = spec
+            .sources
+            .iter()
+            .find(|s| g.spec.sources.iter().any(|o| o.id == s.id))
+        {
+            return Err(LoadError::Conflict(format!(
+                    "source id {:?} is already used by module {:?}; source ids are unique across modules",
+                    s.id, other.name
+                )));
+        }
+    }
+    Ok(())
 }

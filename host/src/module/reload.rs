@@ -153,7 +153,17 @@ async fn attempt(registry: &Registry, module: &Arc<Module>, opts: &ReloadOptions
     // 4. Swap (after cutting short an older drain: at most two generations live).
     report.forced_previous_drain = drain::force_current(module).await;
     let swap = Instant::now();
-    module.current.store(Some(staged.clone()));
+    let stored = registry.swap_unless_conflict(&staged.spec, &module.name, || {
+        module.current.store(Some(staged.clone()))
+    });
+    if let Err(e) = stored {
+        return rejected(vec![ConfigError::new(
+            "orgloop.yaml",
+            None,
+            "",
+            e.to_string(),
+        )]);
+    }
     registry.rebuild_webhooks();
     module.pollers.reconcile(module, &staged);
     report.swap_us = swap.elapsed().as_secs_f64() * 1e6;
