@@ -19,9 +19,13 @@ pub struct HttpClient {
 
 impl Default for HttpClient {
     fn default() -> Self {
+        // No Nagle: a request is written whole, and waiting to coalesce small writes only adds
+        // latency.
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
-            .build_http();
+            .build(connector);
         HttpClient { client }
     }
 }
