@@ -23,10 +23,12 @@ pub fn start(
     force: bool,
 ) -> (DrainStart, Finished) {
     let unloads: Arc<Mutex<Vec<LibraryUnload>>> = Arc::default();
+    let mut retiring = 0;
     for (name, lib) in &old.libraries {
         if still_used.iter().any(|l| Arc::ptr_eq(l, lib)) {
             continue;
         }
+        retiring += 1;
         let (unloads, plugin, build) = (unloads.clone(), name.clone(), PluginBuild::of(lib));
         lib.on_unload(move |result| {
             let unload = LibraryUnload {
@@ -79,6 +81,16 @@ pub fn start(
             }
             drop(g);
             tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // A stopped poller of a replaced or removed source may hold its library a moment longer
+        // than the generation; wait (briefly) for every retiring library to report.
+        let reported = || unloads.lock().unwrap_or_else(|e| e.into_inner()).len();
+        let settle = Instant::now() + Duration::from_secs(2);
+        while reported() < retiring && Instant::now() < settle {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if reported() < retiring {
+            tracing::warn!(module = %module.name, generation = number, "a retired plugin library is still in use 2 s after its generation ended");
         }
         let libraries = std::mem::take(&mut *unloads.lock().unwrap_or_else(|e| e.into_inner()));
         let report = DrainReport {
