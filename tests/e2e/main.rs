@@ -15,5 +15,6 @@ mod reload;
 mod reload_rejects;
 mod routing;
 mod sources;
+mod unload_safety;
 mod watch;
 mod webhook;
