@@ -2,11 +2,8 @@
 //! own directory, writes module files, runs the daemon on a free port, posts webhooks over real
 //! HTTP on 127.0.0.1, and records what a real HTTP sink receives.
 
-#![allow(dead_code)] // Each test module uses a different part of the harness.
-
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -449,10 +446,6 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 }
 

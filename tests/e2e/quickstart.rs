@@ -64,6 +64,10 @@ fn quickstart_filters_dedups_delivers_and_round_trips_an_agent_session() {
         "front matter stripped: {prompt:?}"
     );
     assert_eq!(got[0].path, "/hook");
+    assert_eq!(
+        got[0].headers.get("content-type").map(String::as_str),
+        Some("application/json")
+    );
 
     let task = daemon.post(
         "inbox",
