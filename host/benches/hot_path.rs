@@ -285,6 +285,14 @@ transforms:
 }
 
 /// A registry with one module of `routes` routes, loaded from `dir`.
+/// Undoes [`load_module`]: unloads the module (closing its plugins) and removes its directory.
+fn unload_module(rt: &Runtime, registry: Arc<Registry>, module: Arc<Module>, dir: &Path) {
+    rt.block_on(registry.shutdown(Duration::from_secs(5)));
+    drop(module);
+    drop(registry);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 fn load_module(rt: &Runtime, dir: &Path, routes: usize) -> (Arc<Registry>, Arc<Module>) {
     write_module(&dir.join("module"), "bench", routes);
     let registry = Arc::new(Registry::new(Loader::new(PluginStore::new(
@@ -373,10 +381,7 @@ fn in_process_path(c: &mut Criterion) {
         });
         assert!(generation.inflight.is_empty());
         drop(generation);
-        rt.block_on(registry.shutdown(Duration::from_secs(5)));
-        drop(module);
-        drop(registry);
-        let _ = std::fs::remove_dir_all(&dir);
+        unload_module(&rt, registry, module, &dir);
     }
     group.finish();
 }
@@ -400,10 +405,7 @@ fn route_match(c: &mut Criterion) {
             b.iter(|| matching(&generation, black_box(&event)))
         });
         drop(generation);
-        rt.block_on(registry.shutdown(Duration::from_secs(5)));
-        drop(module);
-        drop(registry);
-        let _ = std::fs::remove_dir_all(&dir);
+        unload_module(&rt, registry, module, &dir);
     }
     group.finish();
 }

@@ -138,6 +138,16 @@ pub struct Received {
     pub body: Value,
 }
 
+/// The `payload.n` of each delivered event, sorted: which numbered events arrived, and how often.
+pub fn payload_ns(received: &[Received]) -> Vec<u64> {
+    let mut ns: Vec<u64> = received
+        .iter()
+        .map(|r| r.body["event"]["payload"]["n"].as_u64().unwrap())
+        .collect();
+    ns.sort_unstable();
+    ns
+}
+
 /// A real HTTP server on 127.0.0.1 that records every request and answers with a settable status.
 pub struct Sink {
     pub port: u16,

@@ -122,13 +122,8 @@ fn bad_reloads_are_rejected_and_the_old_generation_keeps_serving() {
         install(&module, "http", &plugin("http"));
     }
     let got = sink.wait_for(sent as usize);
-    let mut ns: Vec<u64> = got
-        .iter()
-        .map(|r| r.body["event"]["payload"]["n"].as_u64().unwrap())
-        .collect();
-    ns.sort_unstable();
     assert_eq!(
-        ns,
+        payload_ns(&got),
         (1..=sent).collect::<Vec<_>>(),
         "every event delivered exactly once"
     );

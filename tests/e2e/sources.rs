@@ -89,14 +89,8 @@ fn a_changed_source_takes_over_the_checkpoint_of_the_old_one() {
 
     let got = sink.wait_for(6);
     std::thread::sleep(Duration::from_millis(700)); // a couple more polls: nothing new may arrive
-    let mut ns: Vec<u64> = sink
-        .received()
-        .iter()
-        .map(|r| r.body["event"]["payload"]["n"].as_u64().unwrap())
-        .collect();
-    ns.sort_unstable();
     assert_eq!(
-        ns,
+        payload_ns(&sink.received()),
         [1, 2, 3, 4, 5, 6],
         "every item exactly once across the reload"
     );

@@ -9,7 +9,6 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, Sender};
-use std::sync::Mutex;
 use std::thread::JoinHandle;
 
 use orgloop_plugin_sdk::{format_timestamp, Event};
@@ -111,7 +110,7 @@ pub struct Detail<'a> {
 struct Sink {
     level: Level,
     format: Format,
-    tx: Mutex<Sender<Vec<u8>>>,
+    tx: Sender<Vec<u8>>,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -168,7 +167,7 @@ impl Loggers {
             sinks.push(Sink {
                 level: spec.level,
                 format,
-                tx: Mutex::new(tx),
+                tx,
             });
         }
         let max_level = sinks.iter().map(|s| s.level).max();
@@ -219,7 +218,7 @@ impl Loggers {
                     console_line(&entry).into_bytes()
                 }
             };
-            let _ = sink.tx.lock().unwrap_or_else(|e| e.into_inner()).send(line);
+            let _ = sink.tx.send(line);
         }
     }
 }
