@@ -30,3 +30,4 @@ pub mod home;
 pub mod ingest;
 pub mod module;
 pub mod plugin;
+pub mod queue;

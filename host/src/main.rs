@@ -10,5 +10,6 @@ fn main() -> ExitCode {
         Command::Start(args) => cli::start::run(args),
         Command::Validate(args) => cli::validate::run(args),
         Command::Module(args) => cli::module::run(args),
+        Command::Dlq(args) => cli::dlq::run(args),
     }
 }

@@ -22,6 +22,12 @@ pub struct Delivery {
     pub prompt_file: Option<String>,
     /// The name of the route.
     pub route: String,
+    /// The same for every attempt of this delivery (`<event id>:<route>`), including attempts
+    /// after a daemon restart: send it along (the `http::webhook` actor sends it as the
+    /// `Idempotency-Key` header) so that the receiver can drop duplicates.
+    pub idempotency_key: String,
+    /// Which attempt this is: 1 the first time, then 2, 3, ... after failures.
+    pub attempt: u32,
 }
 
 impl Delivery {
@@ -33,6 +39,8 @@ impl Delivery {
             prompt: None,
             prompt_file: None,
             route: String::new(),
+            idempotency_key: String::new(),
+            attempt: 1,
         }
     }
 
@@ -54,7 +62,8 @@ impl Delivery {
 pub enum Outcome {
     /// The actor took the event.
     Delivered,
-    /// The actor refused the event on purpose (with a reason); not retried.
+    /// The actor refused the event on purpose (with a reason); not retried, and kept in the dead
+    /// letters with that reason.
     Rejected(String),
 }
 
@@ -76,7 +85,9 @@ pub trait Actor: Sized + Send + Sync + 'static {
     /// Builds the actor. An error here refuses the module (or the reload) with this message.
     fn new(config: Self::Config, host: Host) -> Result<Self, PluginError>;
 
-    /// Delivers one event. An error counts as a failed delivery.
+    /// Delivers one event. An error counts as a failed delivery: the daemon retries it with
+    /// backoff, unless it is [`PluginError::permanent`]. A delivery may therefore arrive more than
+    /// once; [`Delivery::idempotency_key`] tells the repeats apart.
     fn deliver(
         &self,
         delivery: Delivery,

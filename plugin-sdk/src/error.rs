@@ -1,8 +1,15 @@
 //! [`PluginError`]: what a plugin returns when something goes wrong.
 
 use std::fmt;
+use std::time::Duration;
 
-/// An error from plugin code: a message for the person reading the daemon's log.
+/// An error from plugin code: a message for the person reading the daemon's log, and, for an
+/// actor's delivery, whether trying again may help.
+///
+/// A failed delivery is retried by the daemon with backoff (see the actor's `retry:` policy),
+/// unless the error is [`permanent`](Self::permanent): then it goes to the dead letters at once.
+/// An actor that knows when to try again (an HTTP `Retry-After`) says so with
+/// [`with_retry_after`](Self::with_retry_after).
 ///
 /// Any `std::error::Error` converts into it, so `?` works on serde, parse and I/O errors:
 ///
@@ -16,6 +23,8 @@ use std::fmt;
 #[derive(Clone, PartialEq, Eq)]
 pub struct PluginError {
     message: String,
+    permanent: bool,
+    retry_after: Option<Duration>,
 }
 
 impl PluginError {
@@ -23,7 +32,38 @@ impl PluginError {
     pub fn new(message: impl Into<String>) -> Self {
         PluginError {
             message: message.into(),
+            permanent: false,
+            retry_after: None,
         }
+    }
+
+    /// Marks the error as final: retrying the same delivery cannot succeed (a `400 Bad Request`,
+    /// a payload the target refuses). The daemon dead-letters it instead of retrying.
+    ///
+    /// ```
+    /// use orgloop_plugin_sdk::PluginError;
+    /// assert!(PluginError::new("HTTP 400").permanent().is_permanent());
+    /// assert!(!PluginError::new("HTTP 503").is_permanent());
+    /// ```
+    pub fn permanent(mut self) -> Self {
+        self.permanent = true;
+        self
+    }
+
+    /// Whether the error is final (see [`permanent`](Self::permanent)).
+    pub fn is_permanent(&self) -> bool {
+        self.permanent
+    }
+
+    /// Asks the daemon to wait at least `after` before the next attempt (an HTTP `Retry-After`).
+    pub fn with_retry_after(mut self, after: Duration) -> Self {
+        self.retry_after = Some(after);
+        self
+    }
+
+    /// The wait asked for with [`with_retry_after`](Self::with_retry_after).
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
     }
 
     /// The message.
@@ -35,6 +75,7 @@ impl PluginError {
     pub fn context(self, what: impl fmt::Display) -> Self {
         PluginError {
             message: format!("{what}: {}", self.message),
+            ..self
         }
     }
 }

@@ -349,6 +349,8 @@ impl TestActor {
             prompt: d.prompt.map_or(RNone, |p| RSome(p.into())),
             prompt_file: d.prompt_file.map_or(RNone, |p| RSome(p.into())),
             route: d.route.into(),
+            idempotency_key: d.idempotency_key.into(),
+            attempt: d.attempt,
         };
         let cancel = CancelSignal_TO::from_value(
             TestCancel {
@@ -360,7 +362,14 @@ impl TestActor {
         match self.host.block_on(self.obj.deliver(wire, cancel)) {
             FfiOutcome::Delivered => Ok(Outcome::Delivered),
             FfiOutcome::Rejected(why) => Ok(Outcome::Rejected(why.into_string())),
-            FfiOutcome::Error(e) => Err(PluginError::new(e.as_str())),
+            FfiOutcome::Error(f) => {
+                let e = PluginError::new(f.message.as_str());
+                let e = if f.permanent { e.permanent() } else { e };
+                Err(match f.retry_after_ms {
+                    0 => e,
+                    ms => e.with_retry_after(Duration::from_millis(ms)),
+                })
+            }
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Draining: sessions in flight on the old generation finish on the old code, its library unloads
-//! (verified) only afterwards; the drain timeout and `--force` cancel what still runs.
+//! (verified) only afterwards; the drain timeout and `--force` cancel what still runs, and the
+//! interrupted delivery runs again on the new generation.
 
 use serde_json::json;
 
@@ -33,7 +34,13 @@ fn session_running_on_v1(test: &str, session: &str) -> (Sink, Daemon) {
     let module = dir.join("m");
     let sink = Sink::start();
     swap_module(&module, "m", &sink, session);
-    let mut daemon = Daemon::start(&[&module], &base_env(&dir.join("home")));
+    // A short shutdown: the 60 s sessions of these tests are still running when the test ends.
+    let mut daemon = Daemon::try_start_with(
+        &[&module],
+        &["--shutdown-timeout", "1s"],
+        &base_env(&dir.join("home")),
+    )
+    .unwrap_or_else(|log| panic!("daemon did not start:\n{log}"));
     assert_eq!(daemon.post("m-in", &task()).status, 202);
     daemon.wait_log("session ses_");
     install(&module, "agent", &v2);
@@ -113,6 +120,12 @@ fn the_drain_timeout_cancels_what_still_runs_and_reports_it() {
         stopped(&sink),
         [("0.1.0".to_owned(), "cancelled".to_owned())]
     );
+    // And its delivery was interrupted, not lost: it runs again, on generation 2.
+    let rerun = daemon.wait_status("m", "the session to run again on v2", |s| {
+        s["generation"]["number"] == 2 && s["generation"]["inflight"] == 1
+    });
+    assert_eq!(rerun["actors"]["worker"]["inflight"], 1, "{rerun:#}");
+    daemon.wait_log_count("started (route \"work\"", 2);
 }
 
 #[test]

@@ -412,6 +412,29 @@ impl Daemon {
             .unwrap_or_else(|log| panic!("no log line with {needle:?}:\n{log}"))
     }
 
+    /// Waits until `n` printed lines contain `needle`.
+    pub fn wait_log_count(&self, needle: &str, n: usize) {
+        let deadline = Instant::now() + WAIT;
+        let mut lines = self.log.0.lock().unwrap();
+        loop {
+            let found = lines.iter().filter(|l| l.contains(needle)).count();
+            if found >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{found} lines with {needle:?}, expected {n}:\n{}",
+                lines.join("\n")
+            );
+            lines = self
+                .log
+                .1
+                .wait_timeout(lines, Duration::from_millis(50))
+                .unwrap()
+                .0;
+        }
+    }
+
     fn wait_log_or_exit(&mut self, needle: &str) -> Result<String, String> {
         let deadline = Instant::now() + WAIT;
         loop {

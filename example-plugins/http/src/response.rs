@@ -1,18 +1,40 @@
 //! What a non-2xx answer turns into: an error that says what the server said, short enough for a
 //! log line.
 
+use std::time::Duration;
+
 use orgloop_plugin_sdk::{HttpResponse, PluginError};
 
 /// How much of the response body an error message quotes.
 const EXCERPT_BYTES: usize = 200;
 
-/// `HTTP <status> from <url>: <first 200 bytes of the body>`.
+/// `HTTP <status> from <url>: <first 200 bytes of the body>`. A client error other than 408
+/// (timeout) and 429 (too many requests) is permanent: sending the same request again cannot
+/// succeed. A `Retry-After` in seconds is passed on as the least wait before the next attempt.
 pub fn status_error(url: &str, response: &HttpResponse) -> PluginError {
-    PluginError::new(format!(
+    let error = PluginError::new(format!(
         "HTTP {} from {url}: {}",
         response.status,
         excerpt(&response.body)
-    ))
+    ));
+    let error = match response.status {
+        400..=499 if !matches!(response.status, 408 | 429) => error.permanent(),
+        _ => error,
+    };
+    match retry_after(response) {
+        Some(after) => error.with_retry_after(after),
+        None => error,
+    }
+}
+
+/// The `Retry-After` header in its delay-seconds form (the HTTP-date form is ignored).
+fn retry_after(response: &HttpResponse) -> Option<Duration> {
+    response
+        .headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("retry-after"))
+        .and_then(|(_, value)| value.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
 }
 
 /// At most the first [`EXCERPT_BYTES`] bytes as text, without cutting a character in half.
@@ -49,6 +71,23 @@ mod tests {
             e.message(),
             format!("HTTP 500 from http://h/x: {}", "x".repeat(200))
         );
+    }
+
+    #[test]
+    fn client_errors_are_permanent_except_timeouts_and_throttling() {
+        for (status, permanent) in [(400, true), (404, true), (408, false), (429, false), (500, false), (503, false)] {
+            let e = status_error("http://h/x", &response(status, b""));
+            assert_eq!(e.is_permanent(), permanent, "HTTP {status}");
+        }
+    }
+
+    #[test]
+    fn retry_after_seconds_are_passed_on() {
+        let mut r = response(429, b"");
+        r.headers.push(("Retry-After".into(), " 7 ".into()));
+        assert_eq!(status_error("u", &r).retry_after(), Some(Duration::from_secs(7)));
+        r.headers[0].1 = "Wed, 21 Oct 2026 07:28:00 GMT".into();
+        assert_eq!(status_error("u", &r).retry_after(), None);
     }
 
     #[test]

@@ -117,7 +117,13 @@ struct DeliveredBy {
 /// through its `then.config`: `{url: ..., headers: {...}}`.
 ///
 /// Headers are layered, later ones replacing earlier ones of the same name: `content-type:
-/// application/json`, then the actor's `headers`, then its `auth`, then the route's `headers`.
+/// application/json` and `idempotency-key: <event id>:<route>` (the same on every attempt, so
+/// that the receiver can drop repeats), then the actor's `headers`, then its `auth`, then the
+/// route's `headers`.
+///
+/// A `2xx` answer is a delivery. A `4xx` other than `408` and `429` is final (the daemon
+/// dead-letters the delivery); anything else — connection errors, timeouts, `408`, `429`, `5xx` —
+/// is retried with backoff, waiting at least the `Retry-After` seconds the receiver asked for.
 pub struct Webhook {
     config: WebhookConfig,
     host: Host,
@@ -175,6 +181,10 @@ impl Webhook {
         };
         let mut headers = Headers::default();
         headers.set("content-type", "application/json");
+        // Before the actor's and the route's headers, which may replace it.
+        if !d.idempotency_key.is_empty() {
+            headers.set("idempotency-key", &d.idempotency_key);
+        }
         headers.extend(&self.config.headers);
         if let Some(auth) = &self.config.auth {
             headers.set("authorization", &auth.header_value());

@@ -1,6 +1,7 @@
 //! The `orgloop` command line: one file per subcommand. Each only reads its arguments and calls
 //! into the library.
 
+pub mod dlq;
 pub mod module;
 pub mod start;
 pub mod validate;
@@ -24,6 +25,8 @@ pub enum Command {
     Validate(validate::ValidateArgs),
     /// Manage the modules of a running daemon: list, status, load, unload, reload.
     Module(module::ModuleArgs),
+    /// Inspect, replay or purge the dead letters of a running daemon.
+    Dlq(dlq::DlqArgs),
 }
 
 /// Exit codes shared by the subcommands.

@@ -21,6 +21,10 @@ use crate::module::report::ReloadOutcome;
 use crate::module::{LoadError, Registry, ReloadOptions};
 use crate::plugin::store::PluginStore;
 use crate::plugin::Loader;
+use crate::queue::{Durability, Options as QueueOptions, Queue};
+
+/// Size at which the event log starts a new segment file.
+const SEGMENT_BYTES: u64 = 32 << 20;
 
 #[derive(Debug, Args)]
 pub struct StartArgs {
@@ -38,6 +42,18 @@ pub struct StartArgs {
     /// How long files must be quiet before a watched change reloads.
     #[arg(long, default_value = "500ms", value_parser = parse_duration)]
     pub debounce: Duration,
+    /// Where accepted events and dead letters are stored. Default: `$ORGLOOP_HOME/data`.
+    #[arg(long, env = "ORGLOOP_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// `disk`: a webhook is answered 202 once its event is synced to disk, and nothing accepted
+    /// is lost by a crash or a restart. `memory`: faster, and whatever waits is lost when the
+    /// daemon stops or dies.
+    #[arg(long, env = "ORGLOOP_DURABILITY", value_enum, default_value_t = Durability::Disk)]
+    pub durability: Durability,
+    /// Bytes of accepted events all modules together may keep waiting; beyond, webhooks answer
+    /// 503 (each module also has its own `defaults.max_queue_bytes`).
+    #[arg(long, env = "ORGLOOP_MAX_STORE_BYTES", default_value_t = 1 << 30)]
+    pub max_store_bytes: u64,
 }
 
 pub fn run(args: StartArgs) -> ExitCode {
@@ -107,8 +123,23 @@ async fn listen(port: u16) -> std::io::Result<TcpListener> {
 async fn daemon(args: StartArgs, listener: TcpListener) -> u8 {
     let started = Instant::now();
     crate::home::clean_stale_runs();
+    let queue = match Queue::open(&QueueOptions {
+        durability: args.durability,
+        dir: args
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| crate::home::home().join("data")),
+        max_bytes: args.max_store_bytes,
+        segment_bytes: SEGMENT_BYTES,
+    }) {
+        Ok(q) => q,
+        Err(e) => {
+            eprintln!("error: cannot open the event store: {e}");
+            return exit::FAILURE;
+        }
+    };
     let store = PluginStore::new(crate::home::run_dir().join("plugins"));
-    let registry = Arc::new(Registry::new(Loader::new(store.clone())));
+    let registry = Arc::new(Registry::new(Loader::new(store.clone()), queue));
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(args.port);
     let token = match create_token(port) {
         Ok(t) => t,
@@ -153,6 +184,7 @@ async fn daemon(args: StartArgs, listener: TcpListener) -> u8 {
         port,
         modules = %loaded.join(", "),
         watch = args.watch,
+        durability = ?args.durability,
         startup_ms = started.elapsed().as_millis() as u64,
         "orgloop listening on http://127.0.0.1:{port}"
     );

@@ -43,6 +43,38 @@ pub struct Defaults {
     pub event_retention: Option<Json>,
     pub log_level: Option<String>,
     pub checkpoint: Option<Json>,
+    /// The retry policy of every actor that sets none of its own.
+    pub retry: Option<RetryDef>,
+    /// Bytes of accepted events this module may keep waiting (default 256 MiB).
+    pub max_queue_bytes: Option<u64>,
+}
+
+/// `retry:` of an actor (or of `defaults:`): how a failed delivery is tried again.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryDef {
+    /// Attempts in all, the first included (default: no limit; `max_age` ends it).
+    pub max_attempts: Option<u32>,
+    /// The wait before the first retry (default `500ms`); doubled after each failure.
+    pub initial: Option<String>,
+    /// The longest wait between two attempts (default `5m`).
+    pub max: Option<String>,
+    /// Give up this long after the event was accepted (default `24h`).
+    pub max_age: Option<String>,
+}
+
+/// What happens to a delivery that was interrupted — by a drain's timeout, a shutdown, or the
+/// daemon dying — before its actor answered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Interrupted {
+    /// Deliver it again (through the current generation; after a restart, once the module is
+    /// loaded). The default: at least once.
+    #[default]
+    Redeliver,
+    /// Put it in the dead letters, for a person to replay (for agent sessions that must not
+    /// start twice).
+    DeadLetter,
 }
 
 /// One entry of `plugins:`.
@@ -103,6 +135,12 @@ pub struct ActorDef {
     /// How many deliveries may run at once (default 1024); more wait their turn.
     #[serde(default)]
     pub max_inflight: Option<u32>,
+    /// How failed deliveries are retried (default: `defaults.retry`, else the built-in policy).
+    #[serde(default)]
+    pub retry: Option<RetryDef>,
+    /// What happens to a delivery that was interrupted (default `redeliver`).
+    #[serde(default)]
+    pub interrupted: Option<Interrupted>,
     #[serde(default)]
     pub description: Option<String>,
     #[serde(default)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use orgloop_plugin_sdk::EventType;
 use serde_json::{Map, Value as Json};
 
-use super::raw::OnError;
+use super::raw::{Interrupted, OnError};
 use super::yaml::Pos;
 use super::ConfigError;
 
@@ -56,6 +56,8 @@ pub struct ModuleSpec {
     pub loggers: Vec<LoggerSpec>,
     /// How long in-flight deliveries of an old generation may run on after a reload.
     pub drain_timeout: Duration,
+    /// Bytes of accepted events the module may keep waiting; beyond, its webhooks answer 503.
+    pub max_queue_bytes: u64,
 }
 
 /// A plugin library the module uses.
@@ -117,7 +119,34 @@ pub struct ActorSpec {
     pub config: Json,
     /// Deliveries to this actor at once; more wait their turn.
     pub max_inflight: usize,
+    pub retry: RetryPolicy,
+    pub interrupted: Interrupted,
     pub origin: Origin,
+}
+
+/// How a failed delivery is tried again: exponential backoff with jitter from `initial` up to
+/// `max` between attempts, until `max_attempts` attempts were made or `max_age` has passed since
+/// the event was accepted.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RetryPolicy {
+    /// `None`: no limit on the count.
+    pub max_attempts: Option<u32>,
+    pub initial: Duration,
+    pub max: Duration,
+    pub max_age: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// Heals short outages within a second or two and keeps trying for a day, as webhook
+    /// providers do.
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: None,
+            initial: Duration::from_millis(500),
+            max: Duration::from_secs(300),
+            max_age: Duration::from_secs(24 * 3600),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]

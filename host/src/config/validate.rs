@@ -21,6 +21,9 @@ pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
 /// Deliveries to one actor at once, unless its `max_inflight` says otherwise.
 const DEFAULT_MAX_INFLIGHT: u32 = 1024;
 const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
+/// Bytes of accepted events a module may keep waiting, unless `defaults.max_queue_bytes` says
+/// otherwise.
+const DEFAULT_MAX_QUEUE: u64 = 256 * 1024 * 1024;
 const DEFAULT_POLL: Duration = Duration::from_secs(300);
 
 /// Upstream's package names for the built-in webhook source.
@@ -63,9 +66,25 @@ pub fn validate(raw: &RawModule) -> Result<ModuleSpec, Vec<ConfigError>> {
         DEFAULT_POLL,
     );
 
+    let retry_default = c.retry(
+        project,
+        "defaults.retry",
+        project.value.defaults.retry.as_ref(),
+        &RetryPolicy::default(),
+    );
+    let max_queue_bytes = match project.value.defaults.max_queue_bytes {
+        Some(0) => {
+            c.errors
+                .push(project.error("defaults.max_queue_bytes", "must be at least 1"));
+            DEFAULT_MAX_QUEUE
+        }
+        Some(n) => n,
+        None => DEFAULT_MAX_QUEUE,
+    };
+
     let plugins = c.plugins();
     let plugin_names: Vec<&str> = plugins.iter().map(|p| p.name.as_str()).collect();
-    let (sources, actors) = c.connectors(&plugin_names, poll_default);
+    let (sources, actors) = c.connectors(&plugin_names, poll_default, &retry_default);
     let transforms = c.transforms(&plugin_names);
     let loggers = c.loggers();
     let routes = c.routes(&sources, &actors, &transforms);
@@ -84,6 +103,7 @@ pub fn validate(raw: &RawModule) -> Result<ModuleSpec, Vec<ConfigError>> {
         routes,
         loggers,
         drain_timeout,
+        max_queue_bytes,
     })
 }
 
@@ -216,10 +236,61 @@ impl Checker<'_> {
         })
     }
 
+    /// A retry policy: `def`'s fields over `fallback`'s.
+    fn retry<T>(
+        &mut self,
+        file: &Parsed<T>,
+        field: &str,
+        def: Option<&raw::RetryDef>,
+        fallback: &RetryPolicy,
+    ) -> RetryPolicy {
+        let Some(def) = def else {
+            return fallback.clone();
+        };
+        let initial = self.duration(
+            file,
+            &format!("{field}.initial"),
+            def.initial.as_deref(),
+            fallback.initial,
+        );
+        let max = self.duration(file, &format!("{field}.max"), def.max.as_deref(), fallback.max);
+        let max_age = self.duration(
+            file,
+            &format!("{field}.max_age"),
+            def.max_age.as_deref(),
+            fallback.max_age,
+        );
+        if initial.is_zero() {
+            self.errors.push(file.error(
+                &format!("{field}.initial"),
+                "must be more than 0 (a retry without a wait is a hot loop)",
+            ));
+        }
+        if max < initial {
+            self.errors.push(file.error(
+                &format!("{field}.max"),
+                format!("must be at least initial ({initial:?})"),
+            ));
+        }
+        if def.max_attempts == Some(0) {
+            self.errors.push(file.error(
+                &format!("{field}.max_attempts"),
+                "must be at least 1 (1 means: never retry)",
+            ));
+        }
+        RetryPolicy {
+            max_attempts: def.max_attempts.or(fallback.max_attempts),
+            initial,
+            max,
+            max_age,
+        }
+    }
+
     fn connectors(
         &mut self,
         plugins: &[&str],
         poll_default: Duration,
+        retry_default: &RetryPolicy,
     ) -> (Vec<SourceSpec>, Vec<ActorSpec>) {
         let raw = self.raw;
         let (mut sources, mut actors) = (Vec::new(), Vec::new());
@@ -295,11 +366,19 @@ impl Checker<'_> {
                             "must be at least 1",
                         ));
                     }
+                    let retry = self.retry(
+                        group,
+                        &format!("actors[{i}].retry"),
+                        a.retry.as_ref(),
+                        retry_default,
+                    );
                     actors.push(ActorSpec {
                         id: a.id.clone(),
                         symbol,
                         config,
                         max_inflight: max_inflight.max(1),
+                        retry,
+                        interrupted: a.interrupted.unwrap_or_default(),
                         origin: group.origin(format!("actors[{i}].connector")),
                     });
                 }

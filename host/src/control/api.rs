@@ -33,6 +33,8 @@ pub async fn status(State(app): State<AppState>) -> Json<Value> {
             "plugins": plugins,
             "inflight": g.inflight.len(),
             "uptime_ms": m.started.elapsed().as_millis() as u64,
+            "queue": m.queue.stats(&m.name),
+            "actors": super::modules::actors_json(&m),
         }));
         for s in &g.spec.sources {
             let stats = m.source_stats(&s.id);
@@ -75,6 +77,7 @@ pub async fn status(State(app): State<AppState>) -> Json<Value> {
         "uptime_ms": app.started.elapsed().as_millis() as u64,
         "http_port": app.port,
         "version": env!("CARGO_PKG_VERSION"),
+        "durability": app.registry.queue.durability,
         "modules": modules,
         "sources": sources,
     }))

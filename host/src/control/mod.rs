@@ -1,10 +1,12 @@
 //! The daemon's one HTTP server on loopback: webhooks under `/webhook/`, read-only status under
-//! `/api/` ([`api`]), module management under `/control/` ([`modules`], behind [`auth`]), with
-//! typed errors ([`error`]); [`server`] wires them together, and [`client`] is the CLI's side.
+//! `/api/` ([`api`]), module management and dead letters under `/control/` ([`modules`],
+//! [`dlq`], behind [`auth`]), with typed errors ([`error`]); [`server`] wires them together, and
+//! [`client`] is the CLI's side.
 
 pub mod api;
 pub mod auth;
 pub mod client;
+pub mod dlq;
 pub mod error;
 pub mod modules;
 pub mod server;

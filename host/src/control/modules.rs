@@ -1,6 +1,7 @@
 //! `/control/modules`: list, inspect, load, unload and reload modules.
 
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
@@ -52,6 +53,8 @@ pub fn module_json(m: &Module) -> Value {
         "name": m.name,
         "directory": m.dir,
         "state": if generation.is_some() { "active" } else { "unloading" },
+        "queue": m.queue.stats(&m.name),
+        "actors": actors_json(m),
         "uptime_ms": m.started.elapsed().as_millis() as u64,
         "generation": generation,
         "draining": draining,
@@ -62,6 +65,29 @@ pub fn module_json(m: &Module) -> Value {
             "errors": f.errors.iter().map(super::error::error_json).collect::<Vec<_>>(),
         })),
     })
+}
+
+/// Each actor's deliveries by state, and its dead letters.
+pub fn actors_json(m: &Module) -> Value {
+    let dead = m.queue.dead.count_by_actor(&m.name);
+    let g = m.current();
+    let ids = g.iter().flat_map(|g| g.actors.keys()).chain(dead.keys());
+    let mut actors = serde_json::Map::new();
+    for id in ids {
+        let stats = m.actor_stats(id);
+        let slot = g.as_ref().and_then(|g| g.actors.get(id));
+        actors.insert(
+            id.clone(),
+            json!({
+                "waiting": stats.waiting.load(Ordering::Relaxed),
+                "inflight": stats.inflight.load(Ordering::Relaxed),
+                "retrying": stats.retrying.load(Ordering::Relaxed),
+                "dead": dead.get(id).copied().unwrap_or(0),
+                "failing": slot.is_some_and(|s| s.gate.is_failing()),
+            }),
+        );
+    }
+    Value::Object(actors)
 }
 
 /// `GET /control/modules`.

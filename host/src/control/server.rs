@@ -8,7 +8,7 @@ use axum::serve::ListenerExt;
 use axum::Router;
 use tokio::net::TcpListener;
 
-use super::{api, auth, error_response, modules, AppState};
+use super::{api, auth, dlq, error_response, modules, AppState};
 use crate::ingest::webhook;
 
 /// Every route of the daemon's server.
@@ -29,6 +29,26 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/control/modules/{name}/reload",
             post(modules::reload).fallback(method_not_allowed),
+        )
+        .route(
+            "/control/dlq",
+            get(dlq::list)
+                .delete(dlq::purge_all)
+                .fallback(method_not_allowed),
+        )
+        .route(
+            "/control/dlq/replay",
+            post(dlq::replay_all).fallback(method_not_allowed),
+        )
+        .route(
+            "/control/dlq/{id}",
+            get(dlq::show)
+                .delete(dlq::purge_one)
+                .fallback(method_not_allowed),
+        )
+        .route(
+            "/control/dlq/{id}/replay",
+            post(dlq::replay_one).fallback(method_not_allowed),
         )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

@@ -1,21 +1,344 @@
-//! Delivery: one event to one route's actor, as a task on the generation's tracker (so a drain can
-//! wait for it), with the route's interpolated config and SOP prompt, and a cancellation signal.
+//! Delivery: one event along one route, from its first attempt until it is delivered or in the
+//! dead letters.
+//!
+//! A delivery ([`Job`]) is a task of its module, not of a generation: waiting for the actor
+//! (its `max_inflight`, its [`Gate`](super::gate::Gate)) and waiting between retries are not part
+//! of any drain, and each attempt looks the route up again in the module's *current* generation
+//! — after a reload, queued deliveries and retries go through the new version. Only the attempt
+//! itself runs on a generation's tracker, so that a drain waits for it (and can cancel it).
+//!
+//! How an attempt ends decides what happens next:
+//! - delivered: the route is acknowledged in the queue;
+//! - refused for good (a permanent failure, or the actor rejected it), out of attempts or time,
+//!   or its route or actor removed by a reload: into the dead letters, then acknowledged;
+//! - failed in a way that may heal: retried after a backoff, through the actor's gate;
+//! - interrupted by the host (a drain's timeout, a shutdown): tried again at once through the
+//!   current generation, or dead-lettered if the actor says `interrupted: dead_letter`; at
+//!   shutdown the delivery stays stored for the next start.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use abi_stable::sabi_trait::TD_Opaque;
 use async_ffi::{FfiFuture, FutureExt};
 use orgloop_plugin_sdk::abi::{CancelBox, CancelSignal, CancelSignal_TO};
-use orgloop_plugin_sdk::{Event, Outcome};
+use orgloop_plugin_sdk::{format_timestamp, Event, Outcome};
 use tokio_util::sync::CancellationToken;
 
-use crate::module::Generation;
-use crate::plugin::library::DeliveryRequest;
+use crate::config::raw::Interrupted;
+use crate::module::running::{Count, Stopping};
+use crate::module::{Generation, Module};
+use crate::plugin::library::{DeliveryRequest, Failure};
+use crate::queue::dead::DeadLetter;
+use crate::queue::Ticket;
 
+use super::gate::Health;
 use super::interpolate::interpolate;
 use super::log::{Detail, Phase};
+use super::retry::{delay, exhausted};
 use super::sop::read_prompt;
+
+/// One delivery of an event along a route.
+pub struct Job {
+    pub ticket: Ticket,
+    pub route: String,
+    /// The event after the route's transforms.
+    pub event: Event,
+    pub accepted_ms: i64,
+}
+
+/// Starts delivering `job` as a task of `module`.
+pub fn start(module: &Arc<Module>, job: Job) {
+    let m = module.clone();
+    module.deliveries.spawn(run(m, job));
+}
+
+/// How one attempt ended.
+enum Attempted {
+    Delivered,
+    Rejected(String),
+    Failed(Failure),
+    /// The host cancelled or dropped it (a drain's timeout, `--force`, a shutdown).
+    Interrupted(String),
+}
+
+/// What a delivery knows about its own history.
+struct Progress {
+    attempts: u32,
+    last_error: Option<String>,
+}
+
+async fn run(module: Arc<Module>, job: Job) {
+    let key = idempotency_key(job.event.id(), &job.route);
+    let mut p = Progress {
+        attempts: 0,
+        last_error: None,
+    };
+    loop {
+        let Some(g) = module.current() else {
+            return stopped(&module, None, &job, &p).await;
+        };
+        let Some(i) = g.route_index(&job.route) else {
+            let why = "its route was removed by a reload";
+            return dead(&module, &g, &job, "", why, &p).await;
+        };
+        let actor_id = g.routes[i].spec.actor.clone();
+        let Some(actor) = g.actors.get(&actor_id).cloned() else {
+            let why = "its actor was removed by a reload";
+            return dead(&module, &g, &job, &actor_id, why, &p).await;
+        };
+        let stats = module.actor_stats(&actor_id);
+        let admitted = {
+            let _waiting = Count::new(&stats.waiting);
+            let admit = async {
+                let pass = actor.gate.pass().await;
+                let permit = actor.limit.clone().acquire_owned().await.ok()?;
+                Some((pass, permit))
+            };
+            tokio::select! {
+                biased;
+                _ = module.stopping.cancelled() => None,
+                a = admit => a,
+            }
+        };
+        let Some((pass, permit)) = admitted else {
+            return stopped(&module, Some(&g), &job, &p).await;
+        };
+        if !module.is_current(&g) {
+            // Swapped while it waited: go through the new generation.
+            continue;
+        }
+        p.attempts += 1;
+        let result = {
+            let _inflight = Count::new(&stats.inflight);
+            attempt(&g, i, &job, &key, p.attempts).await
+        };
+        drop(permit);
+        let failure = match result {
+            Attempted::Delivered => {
+                pass.report(Health::Up, &actor.retry);
+                job.ticket.ack(&job.route);
+                return;
+            }
+            Attempted::Rejected(why) => {
+                pass.report(Health::Up, &actor.retry);
+                let why = format!("rejected by the actor: {why}");
+                return dead(&module, &g, &job, &actor_id, &why, &p).await;
+            }
+            Attempted::Interrupted(why) => {
+                pass.report(Health::Unknown, &actor.retry);
+                p.last_error = Some(why.clone());
+                if actor.interrupted == Interrupted::DeadLetter {
+                    let why = format!("interrupted ({why}) and its actor says interrupted: dead_letter");
+                    return dead(&module, &g, &job, &actor_id, &why, &p).await;
+                }
+                if module.stopping.is_cancelled() {
+                    return stopped(&module, Some(&g), &job, &p).await;
+                }
+                continue;
+            }
+            Attempted::Failed(f) => f,
+        };
+        p.last_error = Some(failure.message.clone());
+        if failure.permanent {
+            pass.report(Health::Up, &actor.retry);
+            return dead(&module, &g, &job, &actor_id, "failed permanently", &p).await;
+        }
+        let retry_after = failure.retry_after;
+        pass.report(Health::Down { retry_after }, &actor.retry);
+        if let Some(why) = exhausted(&actor.retry, p.attempts, age(job.accepted_ms)) {
+            return dead(&module, &g, &job, &actor_id, &why, &p).await;
+        }
+        let wait = delay(&actor.retry, p.attempts, retry_after);
+        log_retry(&g, &job, &actor_id, &p, wait);
+        drop((g, actor));
+        let _retrying = Count::new(&stats.retrying);
+        tokio::select! {
+            biased;
+            _ = module.stopping.cancelled() => return stopped(&module, None, &job, &p).await,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Runs one attempt on `g`'s tracker, so that `g`'s drain waits for it.
+async fn attempt(g: &Arc<Generation>, i: usize, job: &Job, key: &str, n: u32) -> Attempted {
+    let g = g.clone();
+    let (event, key) = (job.event.clone(), key.to_owned());
+    let task = g.inflight.clone().spawn(async move {
+        let route = &g.routes[i];
+        let Some(actor) = g.actors.get(&route.spec.actor) else {
+            return Attempted::Interrupted("the actor is gone".into());
+        };
+        let detail = Detail {
+            route: Some(&route.spec.name),
+            target: Some(&route.spec.actor),
+            attempt: Some(n),
+            ..Default::default()
+        };
+        let config = interpolate(&route.spec.config, &event);
+        let prompt = match &route.spec.prompt_file {
+            // Under `kill` too: a hung read (a FIFO, a stalled network file system) must not hold
+            // the drain, and with it every later reload of the module.
+            Some(path) => tokio::select! {
+                p = read_prompt(path) => p,
+                _ = g.kill.cancelled() => return Attempted::Interrupted("dropped while reading its SOP".into()),
+            },
+            None => None,
+        };
+        g.loggers.log(Phase::DeliverAttempt, &event, detail);
+        let request = DeliveryRequest {
+            event: event.clone(),
+            config_json: serde_json::Value::Object(config).to_string(),
+            prompt,
+            prompt_file: route
+                .spec
+                .prompt_file
+                .as_ref()
+                .map(|p| p.display().to_string()),
+            route: route.spec.name.clone(),
+            idempotency_key: key,
+            attempt: n,
+        };
+        let started = Instant::now();
+        let result = tokio::select! {
+            r = actor.obj.deliver(request, signal(g.cancel.child_token())) => r,
+            _ = g.kill.cancelled() => {
+                return Attempted::Interrupted("dropped: still running after the cancellation grace period".into())
+            }
+        };
+        let duration_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+        let attempted = match result {
+            Ok(Outcome::Delivered) => Attempted::Delivered,
+            Ok(Outcome::Rejected(why)) => Attempted::Rejected(why),
+            Err(f) if g.cancel.is_cancelled() => Attempted::Interrupted(format!("cancelled: {}", f.message)),
+            Err(f) => Attempted::Failed(f),
+        };
+        let (phase, result, error) = match &attempted {
+            Attempted::Delivered => (Phase::DeliverSuccess, "delivered", None),
+            Attempted::Rejected(why) => (Phase::DeliverFailure, "rejected", Some(why.as_str())),
+            Attempted::Failed(f) => (Phase::DeliverFailure, "error", Some(f.message.as_str())),
+            Attempted::Interrupted(why) => (Phase::DeliverFailure, "interrupted", Some(why.as_str())),
+        };
+        if let Some(error) = error {
+            let (module, route, actor) = (&g.module, &route.spec.name, &route.spec.actor);
+            tracing::warn!(module = %module, route = %route, actor = %actor, event = %event.id(), attempt = n, "delivery failed ({result}): {error}");
+        }
+        g.loggers.log(phase, &event, Detail { result: Some(result), error, duration_ms, ..detail });
+        attempted
+    });
+    task.await
+        .unwrap_or_else(|e| Attempted::Interrupted(format!("the attempt ended: {e}")))
+}
+
+fn log_retry(g: &Generation, job: &Job, actor: &str, p: &Progress, wait: Duration) {
+    let detail = Detail {
+        route: Some(&job.route),
+        target: Some(actor),
+        error: p.last_error.as_deref(),
+        attempt: Some(p.attempts),
+        retry_in_ms: Some(wait.as_millis() as u64),
+        ..Default::default()
+    };
+    g.loggers.log(Phase::DeliverRetry, &job.event, detail);
+}
+
+/// The module stops: at shutdown the delivery stays stored for the next start; at an unload it
+/// goes to the dead letters.
+async fn stopped(module: &Arc<Module>, g: Option<&Arc<Generation>>, job: &Job, p: &Progress) {
+    match module.stopping_for() {
+        Stopping::Shutdown => job.ticket.abandon(),
+        Stopping::Unload => {
+            let why = "the module was unloaded before the delivery finished";
+            let actor = g
+                .and_then(|g| g.route_index(&job.route).map(|i| g.routes[i].spec.actor.clone()))
+                .unwrap_or_default();
+            match g {
+                Some(g) => dead(module, g, job, &actor, why, p).await,
+                None => store_dead(module, None, job, &actor, why, p).await,
+            }
+        }
+    }
+}
+
+async fn dead(module: &Arc<Module>, g: &Generation, job: &Job, actor: &str, why: &str, p: &Progress) {
+    store_dead(module, Some(g), job, actor, why, p).await
+}
+
+/// Puts the delivery into the dead letters, then acknowledges its route. A dead letter that
+/// cannot be written leaves the delivery stored: it is tried again at the next start.
+async fn store_dead(
+    module: &Arc<Module>,
+    g: Option<&Generation>,
+    job: &Job,
+    actor: &str,
+    why: &str,
+    p: &Progress,
+) {
+    let letter = DeadLetter {
+        id: new_dead_letter_id(),
+        module: module.name.clone(),
+        route: job.route.clone(),
+        actor: actor.to_owned(),
+        event_id: job.event.id().to_owned(),
+        event: job.event.to_json(),
+        reason: why.to_owned(),
+        last_error: p.last_error.clone(),
+        attempts: p.attempts,
+        accepted_at: format_timestamp(UNIX_EPOCH + Duration::from_millis(job.accepted_ms.max(0) as u64)),
+        dead_at: format_timestamp(SystemTime::now()),
+    };
+    let id = letter.id.clone();
+    let dead = module.queue.dead.clone();
+    match tokio::task::spawn_blocking(move || dead.add(letter)).await {
+        Ok(Ok(())) => job.ticket.ack(&job.route),
+        Ok(Err(e)) => {
+            tracing::error!(module = %module.name, route = %job.route, event = %job.event.id(), "cannot store a dead letter ({e}); the delivery stays queued and is tried again at the next start");
+            job.ticket.abandon();
+            return;
+        }
+        Err(e) => {
+            tracing::error!(module = %module.name, "storing a dead letter failed: {e}");
+            job.ticket.abandon();
+            return;
+        }
+    }
+    tracing::warn!(module = %module.name, route = %job.route, actor, event = %job.event.id(), dead_letter = %id, attempts = p.attempts, "delivery dead-lettered: {why}");
+    if let Some(g) = g {
+        let error = format!("{why} [{id}]");
+        let detail = Detail {
+            route: Some(&job.route),
+            target: Some(actor),
+            result: Some("dead"),
+            error: Some(&error),
+            attempt: Some(p.attempts),
+            ..Default::default()
+        };
+        g.loggers.log(Phase::DeliverDead, &job.event, detail);
+    }
+}
+
+fn age(accepted_ms: i64) -> Duration {
+    Duration::from_millis((crate::module::running::now_ms() - accepted_ms).max(0) as u64)
+}
+
+/// `<event id>:<route>`, with every byte outside visible ASCII of the route percent-encoded, so
+/// that it is a valid header value.
+pub fn idempotency_key(event_id: &str, route: &str) -> String {
+    let mut key = format!("{event_id}:");
+    for b in route.bytes() {
+        if b.is_ascii_graphic() && b != b'%' {
+            key.push(b as char);
+        } else {
+            key.push_str(&format!("%{b:02X}"));
+        }
+    }
+    key
+}
+
+fn new_dead_letter_id() -> String {
+    format!("dl_{}", &orgloop_plugin_sdk::new_event_id()["evt_".len()..])
+}
 
 /// The host side of an actor's cancellation signal.
 struct TokenSignal(CancellationToken);
@@ -33,56 +356,14 @@ fn signal(token: CancellationToken) -> CancelBox {
     CancelSignal_TO::from_value(TokenSignal(token), TD_Opaque)
 }
 
-/// Starts delivering `event` along route `route` of `generation`.
-pub fn deliver(generation: Arc<Generation>, route: usize, event: Event) {
-    let g = generation.clone();
-    generation.inflight.spawn(async move {
-        let route = &g.routes[route];
-        let Some(actor) = g.actors.get(&route.spec.actor) else { return };
-        let detail = Detail { route: Some(&route.spec.name), target: Some(&route.spec.actor), ..Default::default() };
-        // Wait for a free slot of the actor; a drain that cancels meanwhile ends the wait.
-        let permit = tokio::select! {
-            p = actor.limit.clone().acquire_owned() => p.ok(),
-            _ = g.cancel.cancelled() => None,
-        };
-        let Some(_permit) = permit else {
-            let error = Some("cancelled before it started (the actor was at max_inflight)");
-            g.loggers.log(Phase::DeliverFailure, &event, Detail { result: Some("error"), error, ..detail });
-            return;
-        };
-        let config = interpolate(&route.spec.config, &event);
-        let prompt = match &route.spec.prompt_file {
-            // Under `kill` too: a hung read (a FIFO, a stalled network file system) must not hold
-            // the drain, and with it every later reload of the module.
-            Some(path) => tokio::select! {
-                p = read_prompt(path) => p,
-                _ = g.kill.cancelled() => return,
-            },
-            None => None,
-        };
-        g.loggers.log(Phase::DeliverAttempt, &event, detail);
-        let request = DeliveryRequest {
-            event: event.clone(),
-            config_json: serde_json::Value::Object(config).to_string(),
-            prompt,
-            prompt_file: route.spec.prompt_file.as_ref().map(|p| p.display().to_string()),
-            route: route.spec.name.clone(),
-        };
-        let started = Instant::now();
-        let result = tokio::select! {
-            r = actor.obj.deliver(request, signal(g.cancel.child_token())) => r,
-            _ = g.kill.cancelled() => Err("dropped: still running after the cancellation grace period".into()),
-        };
-        let duration_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
-        let (phase, result, error) = match &result {
-            Ok(Outcome::Delivered) => (Phase::DeliverSuccess, "delivered", None),
-            Ok(Outcome::Rejected(why)) => (Phase::DeliverFailure, "rejected", Some(why.as_str())),
-            Err(e) => (Phase::DeliverFailure, "error", Some(e.as_str())),
-        };
-        if let Some(error) = error {
-            let (module, route, actor) = (&g.module, &route.spec.name, &route.spec.actor);
-            tracing::warn!(module = %module, route = %route, actor = %actor, event = %event.id(), "delivery failed ({result}): {error}");
-        }
-        g.loggers.log(phase, &event, Detail { result: Some(result), error, duration_ms, ..detail });
-    });
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idempotency_keys_are_header_safe_and_stable() {
+        assert_eq!(idempotency_key("evt_1", "notify"), "evt_1:notify");
+        assert_eq!(idempotency_key("evt_1", "to team é"), "evt_1:to%20team%20%C3%A9");
+        assert_eq!(idempotency_key("evt_1", "50%"), "evt_1:50%25");
+    }
 }

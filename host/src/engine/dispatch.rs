@@ -1,7 +1,7 @@
-//! Dispatch: one event through one generation — match routes (fan-out to every match, in file
-//! order), run each route's transforms in order under its `on_error` policy, and hand the result
-//! to the route's actor. Synchronous up to the hand-off: no lock, no copy of the config, no
-//! blocking call; the delivery itself runs as its own task.
+//! Dispatch: one stored entry through one generation — match routes (fan-out to every match, in
+//! file order), run each route's transforms in order under its `on_error` policy, and start a
+//! delivery to each route's actor. Synchronous up to the hand-off: no lock, no copy of the
+//! config, no blocking call; the deliveries run as tasks of their own.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -9,14 +9,34 @@ use std::sync::Arc;
 use orgloop_plugin_sdk::{Event, TransformCtx, Verdict};
 
 use crate::config::raw::OnError;
-use crate::module::Generation;
+use crate::module::{Generation, Module};
+use crate::queue::Entry;
 
-use super::deliver::deliver;
+use super::deliver::{start, Job};
 use super::log::{Detail, Phase};
 use super::route::Route;
 
-/// Routes `event` through `generation`.
-pub fn dispatch(generation: &Arc<Generation>, event: Event) {
+/// Routes `entry` through `generation`, the module's current one. Routes the entry already
+/// finished before a restart are skipped; a replayed delivery goes to its one route as it is.
+pub fn dispatch(module: &Arc<Module>, generation: &Arc<Generation>, entry: Entry) {
+    let Entry {
+        ticket,
+        accepted_ms,
+        route,
+        done,
+        event,
+    } = entry;
+    let job = |route: &str, event: Event| Job {
+        ticket: ticket.clone(),
+        route: route.to_owned(),
+        event,
+        accepted_ms,
+    };
+    if let Some(route) = route {
+        start(module, job(&route, event));
+        ticket.dispatched();
+        return;
+    }
     let log = &generation.loggers;
     log.log(Phase::SourceEmit, &event, Detail::default());
     let mut matched = false;
@@ -27,6 +47,9 @@ pub fn dispatch(generation: &Arc<Generation>, event: Event) {
             continue;
         }
         matched = true;
+        if done.contains(&route.spec.name) {
+            continue;
+        }
         route.stats.fired();
         log.log(
             Phase::RouteMatch,
@@ -38,12 +61,14 @@ pub fn dispatch(generation: &Arc<Generation>, event: Event) {
             },
         );
         if let Some(out) = run_transforms(generation, route, &event) {
-            deliver(generation.clone(), i, out.into_owned());
+            start(module, job(&route.spec.name, out.into_owned()));
         }
     }
     if !matched {
         log.log(Phase::RouteNoMatch, &event, Detail::default());
     }
+    // The entry is done when the last delivery started here is.
+    ticket.dispatched();
 }
 
 /// Runs a route's transforms. `None` when the event was dropped or the route halted.

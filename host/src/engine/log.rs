@@ -33,6 +33,10 @@ pub enum Phase {
     DeliverAttempt,
     DeliverSuccess,
     DeliverFailure,
+    /// A failed delivery will be tried again.
+    DeliverRetry,
+    /// A delivery went to the dead letters.
+    DeliverDead,
 }
 
 impl Phase {
@@ -51,6 +55,8 @@ impl Phase {
             Phase::DeliverAttempt => "deliver.attempt",
             Phase::DeliverSuccess => "deliver.success",
             Phase::DeliverFailure => "deliver.failure",
+            Phase::DeliverRetry => "deliver.retry",
+            Phase::DeliverDead => "deliver.dead",
         }
     }
 
@@ -58,10 +64,11 @@ impl Phase {
     pub fn level(self) -> Level {
         match self {
             Phase::TransformStart | Phase::TransformPass | Phase::RouteNoMatch => Level::DEBUG,
-            Phase::TransformError | Phase::TransformErrorDrop | Phase::DeliverFailure => {
-                Level::WARN
-            }
-            Phase::TransformErrorHalt | Phase::SourceError => Level::ERROR,
+            Phase::TransformError
+            | Phase::TransformErrorDrop
+            | Phase::DeliverFailure
+            | Phase::DeliverRetry => Level::WARN,
+            Phase::TransformErrorHalt | Phase::SourceError | Phase::DeliverDead => Level::ERROR,
             _ => Level::INFO,
         }
     }
@@ -92,6 +99,10 @@ pub struct Entry<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_in_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub payload: Option<&'a Event>,
     pub orgloop_version: &'static str,
 }
@@ -105,6 +116,10 @@ pub struct Detail<'a> {
     pub result: Option<&'a str>,
     pub duration_ms: Option<f64>,
     pub error: Option<&'a str>,
+    /// Which attempt of a delivery (1, 2, ...).
+    pub attempt: Option<u32>,
+    /// For `deliver.retry`: the wait before the next attempt.
+    pub retry_in_ms: Option<u64>,
 }
 
 struct Sink {
@@ -203,6 +218,8 @@ impl Loggers {
             result: detail.result,
             duration_ms: detail.duration_ms,
             error: detail.error,
+            attempt: detail.attempt,
+            retry_in_ms: detail.retry_in_ms,
             payload: None,
             orgloop_version: env!("CARGO_PKG_VERSION"),
         };
@@ -265,6 +282,12 @@ fn console_line(e: &Entry<'_>) -> String {
         if let Some(v) = v {
             line.push_str(&format!(" {label}={v}"));
         }
+    }
+    if let Some(n) = e.attempt {
+        line.push_str(&format!(" attempt={n}"));
+    }
+    if let Some(ms) = e.retry_in_ms {
+        line.push_str(&format!(" retry_in={:.1}s", ms as f64 / 1000.0));
     }
     if let Some(d) = e.duration_ms {
         line.push_str(&format!(" ({d:.1} ms)"));

@@ -1,7 +1,10 @@
 //! The event path inside a module: [`dispatch`] (route matching and the transform pipeline),
-//! [`deliver`] (actor hand-off), with [`route`], [`interpolate`], [`sop`] and [`log`].
+//! [`deliver`] (attempts, retries with [`retry`] and [`gate`], dead letters), with [`route`],
+//! [`interpolate`], [`sop`] and [`log`].
 
 pub mod deliver;
+pub mod gate;
+pub mod retry;
 pub mod dispatch;
 pub mod interpolate;
 pub mod log;

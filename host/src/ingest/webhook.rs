@@ -1,11 +1,13 @@
 //! The built-in webhook source: `POST /webhook/<source-id>`. The JSON body becomes the payload of
 //! a `resource.changed` event (as upstream's generic webhook), optionally authenticated with an
 //! HMAC-SHA256 signature; the answer is `202 {"ok": true, "event_id": ...}` once the event is
-//! routed.
+//! stored (synced to disk with `durability: disk`), and `503` with `Retry-After` when it cannot
+//! be (the module's queue is full, the disk fails).
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::header::RETRY_AFTER;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use hmac::{Hmac, Mac};
@@ -16,6 +18,7 @@ use sha2::Sha256;
 
 use crate::config::spec::WebhookConfig;
 use crate::control::{error_response, AppState};
+use crate::queue::Refused;
 
 /// `POST /webhook/{source}`.
 pub async fn receive(
@@ -53,14 +56,34 @@ pub async fn receive(
     };
     let event = build_event(&source, &target.config, &payload);
     let id = event.id().to_owned();
-    match target.module.accept(event, Some(&target.stats)) {
+    let stored = match target.module.accept(event, Some(&target.stats)) {
+        Ok(stored) => stored.wait().await,
+        Err(e) => Err(e),
+    };
+    match stored {
         Ok(()) => (
             StatusCode::ACCEPTED,
             Json(json!({"ok": true, "event_id": id})),
         )
             .into_response(),
-        Err(e) => error_response(StatusCode::SERVICE_UNAVAILABLE, e),
+        Err(e) => unavailable(&e),
     }
+}
+
+/// `503` with `Retry-After`: nothing was stored, so the sender must try again.
+fn unavailable(why: &Refused) -> Response {
+    let mut response = error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("not accepted, try again later: {why}"),
+    );
+    let seconds = match why {
+        Refused::Full(_) => "1",
+        Refused::Failed(_) | Refused::Unknown(_) => "5",
+    };
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static(seconds));
+    response
 }
 
 /// Upstream's generic webhook event: `resource.changed`, platform `webhook`, `platform_event` from

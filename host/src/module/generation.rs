@@ -11,7 +11,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::raw::OnError;
+use crate::config::raw::{Interrupted, OnError};
+use crate::config::spec::RetryPolicy;
+use crate::engine::gate::Gate;
 use crate::config::ModuleSpec;
 use crate::engine::log::Loggers;
 use crate::engine::route::Route;
@@ -27,12 +29,16 @@ pub struct TransformSlot {
     pub on_error: Option<OnError>,
 }
 
-/// An actor and the bound on its concurrent deliveries.
+/// An actor, the bound on its concurrent deliveries, and how its failures are retried.
 pub struct ActorSlot {
     pub obj: PluginActor,
     /// Permits for deliveries in flight (the actor's `max_inflight`): beyond it, deliveries wait
     /// their turn instead of piling up connections or sessions.
     pub limit: Arc<Semaphore>,
+    pub retry: RetryPolicy,
+    pub interrupted: Interrupted,
+    /// Whether its target looks healthy; kept while the actor carries over.
+    pub gate: Arc<Gate>,
 }
 
 /// A plugin source and how often to poll it.
@@ -67,6 +73,11 @@ pub struct Generation {
 }
 
 impl Generation {
+    /// The index of the route named `name`.
+    pub fn route_index(&self, name: &str) -> Option<usize> {
+        self.routes.iter().position(|r| r.spec.name == name)
+    }
+
     /// The routes whose `when.source` is `source`.
     pub fn routes_for(&self, source: &str) -> &[usize] {
         self.by_source.get(source).map_or(&[], Vec::as_slice)

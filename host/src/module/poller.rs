@@ -96,13 +96,18 @@ fn spawn(module: Weak<Module>, slot: &SourceSlot, previous: Option<JoinHandle<()
             };
             match polled {
                 Ok(p) => {
+                    let mut all_stored = true;
                     for event in p.events {
                         if let Err(e) = m.accept(normalize(event, &id), Some(&stats)) {
+                            all_stored = false;
                             tracing::warn!(module = %m.name, source = %id, "event not accepted: {e}");
                         }
                     }
-                    if let Some(cp) = p.checkpoint {
-                        m.set_checkpoint(&id, cp);
+                    // Only past what was stored: a refused batch is fetched again next time.
+                    match p.checkpoint {
+                        Some(cp) if all_stored => m.set_checkpoint(&id, cp),
+                        Some(_) => tracing::warn!(module = %m.name, source = %id, "checkpoint not advanced: the batch is polled again"),
+                        None => {}
                     }
                 }
                 Err(e) => {

@@ -11,7 +11,7 @@ use arc_swap::ArcSwap;
 use super::generation::Generation;
 use super::reload::{reload, ReloadOptions};
 use super::report::{DrainReport, ReloadOutcome};
-use super::running::{Module, SourceStats};
+use super::running::{Module, SourceStats, Stopping};
 use super::stage::{stage, StageCtx};
 use super::{drain, watch};
 use crate::config::spec::{SourceKind, WebhookConfig};
@@ -19,6 +19,7 @@ use crate::config::{self, ConfigError, ModuleSpec};
 use crate::plugin::http_client::HttpClient;
 use crate::plugin::services::Emitter;
 use crate::plugin::Loader;
+use crate::queue::{Durability, Queue};
 
 /// A webhook source, as the ingest path looks it up.
 #[derive(Clone)]
@@ -55,17 +56,20 @@ pub struct Registry {
     webhooks: ArcSwap<HashMap<String, WebhookTarget>>,
     loader: Loader,
     http: HttpClient,
+    /// Where every module's events are stored before they are routed.
+    pub queue: Queue,
     /// With `start --watch`: the debounce for watching every module, loaded now or later.
     watch: Mutex<Option<Duration>>,
 }
 
 impl Registry {
-    pub fn new(loader: Loader) -> Self {
+    pub fn new(loader: Loader, queue: Queue) -> Self {
         Registry {
             modules: Mutex::default(),
             webhooks: ArcSwap::default(),
             loader,
             http: HttpClient::default(),
+            queue,
             watch: Mutex::default(),
         }
     }
@@ -100,7 +104,11 @@ impl Registry {
     pub async fn load(self: &Arc<Self>, dir: &Path) -> Result<Arc<Module>, LoadError> {
         let spec = Arc::new(config::load_module(dir).map_err(LoadError::Invalid)?);
         self.check_conflicts(&spec, None)?;
-        let module = Arc::new(Module::new(spec.name.clone(), spec.dir.clone()));
+        let module = Arc::new(Module::new(
+            spec.name.clone(),
+            spec.dir.clone(),
+            self.queue.clone(),
+        ));
         let generation = self.stage(&module, spec, None).await?;
         {
             let mut modules = self.lock();
@@ -109,6 +117,11 @@ impl Registry {
             module.current.store(Some(generation.clone()));
             modules.insert(module.name.clone(), module.clone());
         }
+        // Entries stored for this module before (by an earlier run) are routed first.
+        let entries = self
+            .queue
+            .register(&module.name, generation.spec.max_queue_bytes);
+        module.start_dispatcher(entries);
         self.rebuild_webhooks();
         module.pollers.reconcile(&module, &generation);
         if let Some(debounce) = *self.watch.lock().unwrap_or_else(|e| e.into_inner()) {
@@ -130,12 +143,25 @@ impl Registry {
         Ok(reload(self, &module, opts).await)
     }
 
-    /// Stops module `name`: it takes no more events, its sources stop, its deliveries get
-    /// `timeout` (default: its `drain_timeout`; none with `force`) to finish, and its libraries
+    /// Stops module `name`: it takes no more events, its sources stop, the events it stored are
+    /// routed, its deliveries in flight get `timeout` (default: its `drain_timeout`; none with
+    /// `force`) to finish, everything still waiting goes to the dead letters, and its libraries
     /// unload. Returns when all of that is over.
     pub async fn unload(
         &self,
         name: &str,
+        timeout: Option<Duration>,
+        force: bool,
+    ) -> Result<DrainReport, LoadError> {
+        self.stop(name, Stopping::Unload, timeout, force).await
+    }
+
+    /// Stops module `name` for `why` (see [`unload`](Self::unload); at a shutdown, what is
+    /// unfinished stays stored for the next start instead).
+    async fn stop(
+        &self,
+        name: &str,
+        why: Stopping,
         timeout: Option<Duration>,
         force: bool,
     ) -> Result<DrainReport, LoadError> {
@@ -146,8 +172,24 @@ impl Registry {
         self.rebuild_webhooks();
         let _serial = module.lifecycle.lock().await;
         module.pollers.stop_all().await;
+        // No more entries: at an unload the dispatcher routes what it holds, at a shutdown it
+        // stops at once and the rest stays stored.
+        self.queue.unregister(&module.name);
+        if why == Stopping::Shutdown {
+            module.stop_dispatching.cancel();
+        }
+        let dispatcher = module
+            .dispatcher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(task) = dispatcher {
+            let _ = task.await;
+        }
+        // Deliveries not in an attempt end now; attempts get the drain.
+        module.stop(why);
         // A generation still draining from an earlier reload ends with this one (forced too,
-        // with `force`), and the unload waits for both.
+        // with `force`), and the stop waits for both.
         let earlier = drain::current(&module);
         if let Some((_, earlier_force, _)) = earlier.as_ref().filter(|_| force) {
             earlier_force.cancel();
@@ -165,7 +207,9 @@ impl Registry {
         if let Some((_, _, earlier_finished)) = earlier {
             drain::report(earlier_finished).await;
         }
-        tracing::info!(module = %module.name, "module unloaded");
+        module.deliveries.close();
+        module.deliveries.wait().await;
+        tracing::info!(module = %module.name, "module stopped");
         report.ok_or_else(|| LoadError::NotFound(name.to_owned()))
     }
 
@@ -204,17 +248,12 @@ impl Registry {
         let weak: Weak<Module> = Arc::downgrade(module);
         // Emitted events are routed on a task of their own, never inside the plugin call that
         // emitted them: a transform that emits from `apply` would otherwise recurse into itself.
+        // An emitted event is queued like any other and routed by the dispatcher, never inside
+        // the plugin call that emitted it. It is stored before anything the actor does after
+        // emitting (the log keeps the order), so it is not lost with the delivery that made it.
         let emitter: Emitter = Arc::new(move |event| {
             let m = weak.upgrade().ok_or("the module was unloaded")?;
-            if m.current().is_none() {
-                return Err(format!("module {} is not running", m.name));
-            }
-            tokio::spawn(async move {
-                if let Err(e) = m.accept(event, None) {
-                    tracing::warn!(module = %m.name, "emitted event dropped: {e}");
-                }
-            });
-            Ok(())
+            m.accept(event, None).map(drop).map_err(|e| e.to_string())
         });
         let (loader, http) = (self.loader.clone(), self.http.clone());
         let route_stats = module.route_stats();
@@ -263,13 +302,17 @@ impl Registry {
         self.webhooks.store(Arc::new(index));
     }
 
-    /// Unloads every module at once, each with `timeout` for its deliveries.
+    /// Stops every module at once, each with `timeout` for its deliveries in flight; what is
+    /// unfinished stays stored (with `durability: memory`, it is lost, and said so).
     pub async fn shutdown(self: &Arc<Self>, timeout: Duration) {
         let mut stops = tokio::task::JoinSet::new();
         for m in self.modules() {
             let registry = self.clone();
             stops.spawn(async move {
-                if let Ok(report) = registry.unload(&m.name, Some(timeout), false).await {
+                let stopped = registry
+                    .stop(&m.name, Stopping::Shutdown, Some(timeout), false)
+                    .await;
+                if let Ok(report) = stopped {
                     if report.cancelled > 0 {
                         tracing::warn!(module = %m.name, cancelled = report.cancelled, "deliveries cancelled at shutdown");
                     }
@@ -277,6 +320,14 @@ impl Registry {
             });
         }
         while stops.join_next().await.is_some() {}
+        self.queue.sync().await;
+        let left = self.queue.unfinished();
+        if left > 0 {
+            match self.queue.durability {
+                Durability::Disk => tracing::info!(entries = left, "{left} accepted events are not finished; they stay stored and go on at the next start"),
+                Durability::Memory => tracing::warn!(entries = left, "{left} accepted events are not finished and are lost (durability: memory)"),
+            }
+        }
     }
 }
 

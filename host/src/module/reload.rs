@@ -165,6 +165,9 @@ async fn attempt(registry: &Registry, module: &Arc<Module>, opts: &ReloadOptions
         )]);
     }
     registry.rebuild_webhooks();
+    registry
+        .queue
+        .set_limit(&module.name, staged.spec.max_queue_bytes);
     module.pollers.reconcile(module, &staged);
     report.swap_us = swap.elapsed().as_secs_f64() * 1e6;
     report.to_generation = staged.number;

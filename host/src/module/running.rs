@@ -1,17 +1,21 @@
 //! [`Module`]: a running module — its name, its current generation behind an atomic pointer, and
-//! what outlives generations: statistics, source checkpoints, pollers, the generation draining
-//! after a reload, and the record of the last reload.
+//! what outlives generations: the dispatcher that routes its stored events, its deliveries (and
+//! their retries), statistics, source checkpoints, pollers, the generation draining after a
+//! reload, and the record of the last reload.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
 use orgloop_plugin_sdk::Event;
 use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::generation::Generation;
 use super::poller::Pollers;
@@ -19,6 +23,7 @@ use super::report::{DrainReport, ReloadOutcome};
 use crate::config::ConfigError;
 use crate::engine::dispatch::dispatch;
 use crate::engine::route::RouteStats;
+use crate::queue::{Entry, Queue, Refused, Stored};
 
 /// Counters of one source, kept across reloads by source id.
 #[derive(Debug, Default)]
@@ -72,13 +77,60 @@ pub struct Record {
     pub last_failure: Option<FailedReload>,
 }
 
+/// The deliveries of one actor, by state (kept across reloads by actor id).
+#[derive(Debug, Default)]
+pub struct ActorStats {
+    /// Waiting for the actor: its `max_inflight`, or its gate while its target fails.
+    pub waiting: AtomicUsize,
+    /// Being attempted.
+    pub inflight: AtomicUsize,
+    /// Waiting out the backoff after a failed attempt.
+    pub retrying: AtomicUsize,
+}
+
+/// Counts one in a counter for as long as it lives.
+pub struct Count<'a>(&'a AtomicUsize);
+
+impl<'a> Count<'a> {
+    pub fn new(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Count(counter)
+    }
+}
+
+impl Drop for Count<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Why a module stops, which decides what happens to its unfinished deliveries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stopping {
+    /// The daemon stops: they stay stored and run again at the next start.
+    Shutdown,
+    /// The module is unloaded: they go to the dead letters.
+    Unload,
+}
+
 /// A running module.
 pub struct Module {
     pub name: String,
     pub dir: PathBuf,
     pub started: Instant,
     pub(super) current: ArcSwapOption<Generation>,
+    /// The daemon's queue: every event of this module is stored there before it is routed.
+    pub queue: Queue,
+    /// Deliveries, from their first attempt until delivered or dead-lettered.
+    pub deliveries: TaskTracker,
+    /// Raised when the module stops; see [`Stopping`].
+    pub stopping: CancellationToken,
+    stopping_for: Mutex<Option<Stopping>>,
+    /// The task that routes stored entries, and the switch that stops it before its channel ends.
+    pub(super) dispatcher: Mutex<Option<JoinHandle<()>>>,
+    pub(super) stop_dispatching: CancellationToken,
     source_stats: Mutex<HashMap<String, Arc<SourceStats>>>,
+    actor_stats: Mutex<HashMap<String, Arc<ActorStats>>>,
     checkpoints: Mutex<HashMap<String, String>>,
     pub(super) pollers: Pollers,
     /// Serializes reloads and the unload of this module.
@@ -89,19 +141,83 @@ pub struct Module {
 }
 
 impl Module {
-    pub(super) fn new(name: String, dir: PathBuf) -> Self {
+    pub(super) fn new(name: String, dir: PathBuf, queue: Queue) -> Self {
+        let checkpoints = queue.checkpoints(&name).into_iter().collect();
         Module {
             name,
             dir,
             started: Instant::now(),
             current: ArcSwapOption::empty(),
+            queue,
+            deliveries: TaskTracker::new(),
+            stopping: CancellationToken::new(),
+            stopping_for: Mutex::new(None),
+            dispatcher: Mutex::default(),
+            stop_dispatching: CancellationToken::new(),
             source_stats: Mutex::default(),
-            checkpoints: Mutex::default(),
+            actor_stats: Mutex::default(),
+            checkpoints: Mutex::new(checkpoints),
             pollers: Pollers::default(),
             lifecycle: tokio::sync::Mutex::new(()),
             requests: AtomicU64::new(0),
             record: Mutex::default(),
         }
+    }
+
+    /// Whether `g` is still the generation new work goes to.
+    pub fn is_current(&self, g: &Arc<Generation>) -> bool {
+        self.current
+            .load()
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(c, g))
+    }
+
+    /// Why the module stops (a shutdown unless an unload said otherwise).
+    pub fn stopping_for(&self) -> Stopping {
+        self.stopping_for
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or(Stopping::Shutdown)
+    }
+
+    /// Raises [`stopping`](Self::stopping) for `why`.
+    pub(super) fn stop(&self, why: Stopping) {
+        *self.stopping_for.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+        self.stopping.cancel();
+    }
+
+    /// The delivery counters of actor `id`.
+    pub fn actor_stats(&self, id: &str) -> Arc<ActorStats> {
+        self.actor_stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Starts routing what the queue hands this module: each entry through the generation that
+    /// is current when its turn comes.
+    pub(super) fn start_dispatcher(self: &Arc<Self>, mut rx: mpsc::UnboundedReceiver<Entry>) {
+        let module = Arc::downgrade(self);
+        let stop = self.stop_dispatching.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let entry = tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => return,
+                    e = rx.recv() => e,
+                };
+                let (Some(entry), Some(m)) = (entry, module.upgrade()) else {
+                    return;
+                };
+                // Without a generation (the module is being unloaded) the entry stays stored.
+                if let Some(g) = m.current() {
+                    dispatch(&m, &g, entry);
+                }
+            }
+        });
+        *self.dispatcher.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
     }
 
     /// The generation new events go to.
@@ -124,18 +240,19 @@ impl Module {
             .clone()
     }
 
-    /// Takes an event from one of this module's sources (or emitted by one of its plugins) and
-    /// routes it through the current generation.
-    pub fn accept(&self, event: Event, stats: Option<&SourceStats>) -> Result<(), String> {
-        let generation = self
-            .current()
-            .ok_or_else(|| format!("module {} is not running", self.name))?;
+    /// Takes an event from one of this module's sources (or emitted by one of its plugins) into
+    /// the queue; it is routed once stored. Await the result before promising anything to whoever
+    /// sent it.
+    pub fn accept(&self, event: Event, stats: Option<&SourceStats>) -> Result<Stored, Refused> {
+        if self.current.load().is_none() {
+            return Err(Refused::Unknown(format!("module {} is not running", self.name)));
+        }
+        let stored = self.queue.append(&self.name, None, event)?;
         if let Some(s) = stats {
             s.event_count.fetch_add(1, Ordering::Relaxed);
             s.last_event_ms.store(now_ms(), Ordering::Relaxed);
         }
-        dispatch(&generation, event);
-        Ok(())
+        Ok(stored)
     }
 
     pub fn checkpoint(&self, source: &str) -> Option<String> {
@@ -146,7 +263,10 @@ impl Module {
             .cloned()
     }
 
+    /// Records a source's checkpoint, in memory and in the store (after the events polled with
+    /// it, so that it never runs ahead of what was stored).
     pub fn set_checkpoint(&self, source: &str, checkpoint: String) {
+        self.queue.checkpoint(&self.name, source, &checkpoint);
         self.checkpoints
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -117,6 +117,9 @@ pub fn stage(spec: Arc<ModuleSpec>, ctx: &StageCtx<'_>) -> Result<Generation, Ve
                 Ok(obj) => Arc::new(ActorSlot {
                     obj,
                     limit: Arc::new(Semaphore::new(a.max_inflight)),
+                    retry: a.retry.clone(),
+                    interrupted: a.interrupted,
+                    gate: Arc::default(),
                 }),
                 Err(e) => {
                     errors.push(

@@ -252,6 +252,29 @@ pub struct DeliveryRequest {
     pub prompt: Option<String>,
     pub prompt_file: Option<String>,
     pub route: String,
+    pub idempotency_key: String,
+    pub attempt: u32,
+}
+
+/// A failed delivery, in host memory.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Failure {
+    pub message: String,
+    /// Retrying cannot help.
+    pub permanent: bool,
+    /// The least wait the actor asked for before the next attempt.
+    pub retry_after: Option<std::time::Duration>,
+}
+
+impl Failure {
+    /// A retryable failure with this message.
+    pub fn new(message: impl Into<String>) -> Self {
+        Failure {
+            message: message.into(),
+            permanent: false,
+            retry_after: None,
+        }
+    }
 }
 
 impl PluginActor {
@@ -265,24 +288,32 @@ impl PluginActor {
         &self,
         req: DeliveryRequest,
         cancel: CancelBox,
-    ) -> impl Future<Output = Result<Outcome, String>> + Send + 'static {
+    ) -> impl Future<Output = Result<Outcome, Failure>> + Send + 'static {
         let wire = FfiDelivery {
             event: req.event,
             config_json: req.config_json.into(),
             prompt: req.prompt.map_or(RNone, |p| RSome(p.into())),
             prompt_file: req.prompt_file.map_or(RNone, |p| RSome(p.into())),
             route: req.route.into(),
+            idempotency_key: req.idempotency_key.into(),
+            attempt: req.attempt,
         };
-        fn convert(outcome: FfiOutcome) -> Result<Outcome, String> {
+        fn convert(outcome: FfiOutcome) -> Result<Outcome, Failure> {
             match outcome {
                 FfiOutcome::Delivered => Ok(Outcome::Delivered),
                 FfiOutcome::Rejected(why) => Ok(Outcome::Rejected(why.to_string())),
-                FfiOutcome::Error(e) => Err(e.to_string()),
+                FfiOutcome::Error(f) => Err(Failure {
+                    message: f.message.to_string(),
+                    permanent: f.permanent,
+                    retry_after: (f.retry_after_ms > 0)
+                        .then(|| std::time::Duration::from_millis(f.retry_after_ms)),
+                }),
             }
         }
         WithLibrary {
             fut: self.obj.deliver(wire, cancel),
             convert,
+            panicked: || Err(Failure::new(PANICKED)),
             _lib: self.lib.clone(),
         }
     }
@@ -318,29 +349,34 @@ impl PluginSource {
         WithLibrary {
             fut: self.obj.poll(checkpoint),
             convert,
+            panicked: || Err(PANICKED.to_owned()),
             _lib: self.lib.clone(),
         }
     }
 }
 
+/// What a panic that escaped the plugin's own guards becomes.
+const PANICKED: &str = "the plugin panicked while running";
+
 /// A plugin future together with its library. The plugin's output is converted into host memory
 /// inside `poll`, while the library is certainly loaded; the future is dropped before the library.
 /// A panic that escapes the plugin's own guards (async-ffi reports it by panicking in `poll`)
-/// becomes an error.
+/// becomes the value of `panicked`.
 struct WithLibrary<F: Future, T> {
     fut: F,
-    convert: fn(F::Output) -> Result<T, String>,
+    convert: fn(F::Output) -> T,
+    panicked: fn() -> T,
     _lib: Arc<Library>,
 }
 
 impl<F: Future + Unpin, T> Future for WithLibrary<F, T> {
-    type Output = Result<T, String>;
+    type Output = T;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let convert = self.convert;
+        let (convert, panicked) = (self.convert, self.panicked);
         let fut = &mut self.fut;
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Pin::new(fut).poll(cx))) {
             Ok(p) => p.map(convert),
-            Err(_) => Poll::Ready(Err("the plugin panicked while running".into())),
+            Err(_) => Poll::Ready(panicked()),
         }
     }
 }

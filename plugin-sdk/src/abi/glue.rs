@@ -19,6 +19,7 @@ use async_ffi::{FfiFuture, FutureExt};
 
 use super::*;
 use crate::actor::{Actor, Delivery, Outcome};
+use crate::error::PluginError;
 use crate::future::CatchUnwind;
 use crate::host::{Cancel, Host};
 use crate::manifest::SymbolKind;
@@ -195,22 +196,28 @@ impl<A: Actor> ActorObj for ActorGlue<A> {
                 prompt: d.prompt.map(|p| p.into_string()).into_option(),
                 prompt_file: d.prompt_file.map(|p| p.into_string()).into_option(),
                 route: d.route.into_string(),
+                idempotency_key: d.idempotency_key.into_string(),
+                attempt: d.attempt,
             })
         });
         let outcome = guarded(async move {
             match delivery {
-                Ok(delivery) => this
-                    .deliver(delivery, cancel)
-                    .await
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(e),
+                Ok(delivery) => this.deliver(delivery, cancel).await,
+                Err(e) => Err(PluginError::new(e)),
             }
         });
         async move {
-            match outcome.await.and_then(|r| r) {
+            // A panic is an ordinary (retryable) failure: the next attempt may well succeed.
+            match outcome.await.unwrap_or_else(|panic| Err(PluginError::new(panic))) {
                 Ok(Outcome::Delivered) => FfiOutcome::Delivered,
                 Ok(Outcome::Rejected(why)) => FfiOutcome::Rejected(why.into()),
-                Err(e) => FfiOutcome::Error(e.into()),
+                Err(e) => FfiOutcome::Error(FfiFailure {
+                    message: e.message().into(),
+                    permanent: e.is_permanent(),
+                    retry_after_ms: e
+                        .retry_after()
+                        .map_or(0, |d| d.as_millis().clamp(1, u64::MAX as u128) as u64),
+                }),
             }
         }
         .into_ffi()

@@ -39,7 +39,10 @@ pub mod __private {
 }
 
 /// The version of this interface. A host refuses plugins whose stamp carries another one.
-pub const ABI_VERSION: u32 = 1;
+///
+/// 2: deliveries carry an idempotency key and an attempt number; a failed delivery says whether
+/// it may be retried, and after how long.
+pub const ABI_VERSION: u32 = 2;
 
 /// Name of the exported [`AbiStamp`] static.
 pub const ABI_STAMP_SYMBOL: &[u8] = b"ORGLOOP_PLUGIN_ABI\0";
@@ -190,6 +193,10 @@ pub struct FfiDelivery {
     pub prompt: ROption<RString>,
     pub prompt_file: ROption<RString>,
     pub route: RString,
+    /// Stable across every attempt of this delivery: `<event id>:<route>`.
+    pub idempotency_key: RString,
+    /// 1 for the first attempt, then 2, 3, ...
+    pub attempt: u32,
 }
 
 /// How a delivery ended, on the wire.
@@ -198,7 +205,18 @@ pub struct FfiDelivery {
 pub enum FfiOutcome {
     Delivered,
     Rejected(RString),
-    Error(RString),
+    Error(FfiFailure),
+}
+
+/// A failed delivery, on the wire.
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct FfiFailure {
+    pub message: RString,
+    /// Retrying cannot help: dead-letter it.
+    pub permanent: bool,
+    /// The least wait before the next attempt, in milliseconds; 0 for none.
+    pub retry_after_ms: u64,
 }
 
 /// An actor object. Implemented by the plugin glue.

@@ -1,0 +1,626 @@
+//! The local store: an append-only log in segment files (`<data>/queue/<n>.seg`) with one writer
+//! thread and group commit.
+//!
+//! Producers hand records to the writer over a channel. The writer takes everything that arrived
+//! meanwhile, writes it with one `write` and makes it durable with one `fdatasync`, and only then
+//! tells each producer its entry is stored. So one sync covers a whole burst, and the order of the
+//! log is the order of the channel: a record sent after another is never durable before it (an
+//! actor's emitted event is stored before the acknowledgement of the delivery that emitted it).
+//!
+//! Compaction keeps disk use proportional to what is still waiting: segments are deleted oldest
+//! first once nothing in them is live; an old segment that is mostly finished has its few live
+//! entries (and latest checkpoints) written again at the head, and is then deleted. Deleting
+//! oldest first keeps every acknowledgement that a live entry still needs.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use super::record::{decode, encode, Put, Record, Unreadable, MAGIC};
+
+/// What the writer is asked to do.
+pub enum Op {
+    /// Store an entry (an encoded [`Record::Put`]); `then` learns whether it is durable.
+    Put {
+        seq: u64,
+        record: Vec<u8>,
+        then: Box<dyn FnOnce(io::Result<()>) + Send>,
+    },
+    Ack {
+        seq: u64,
+        route: String,
+    },
+    Done {
+        seq: u64,
+    },
+    Checkpoint {
+        module: String,
+        source: String,
+        value: String,
+    },
+    /// Runs `then` once everything sent before is durable.
+    Sync(Box<dyn FnOnce() + Send>),
+}
+
+/// What an opened store held: the entries not yet finished, in the order they were accepted,
+/// and the latest checkpoint of each source.
+pub struct Recovered {
+    pub entries: Vec<Put>,
+    pub checkpoints: Vec<(String, String, String)>,
+    pub next_seq: u64,
+}
+
+/// The writer's handle. Dropping it lets the writer finish what it was sent, then stop.
+pub struct Log {
+    tx: mpsc::Sender<Op>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Log {
+    /// Opens (or creates) the log in `dir`, reads back what it holds, and starts the writer.
+    /// A torn record at the end of the last segment is cut off, with a log line.
+    pub fn open(dir: &Path, segment_bytes: u64) -> io::Result<(Log, Recovered)> {
+        std::fs::create_dir_all(dir)?;
+        let mut writer = Writer::recover(dir, segment_bytes)?;
+        let recovered = writer.recovered()?;
+        writer.start_segment()?;
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("orgloop-store".into())
+            .spawn(move || writer.run(rx))?;
+        Ok((
+            Log {
+                tx,
+                thread: Some(thread),
+            },
+            recovered,
+        ))
+    }
+
+    pub fn send(&self, op: Op) {
+        // The writer is gone only once the log is dropped.
+        if let Err(mpsc::SendError(Op::Put { then, .. })) = self.tx.send(op) {
+            then(Err(io::Error::other("the store is closed")));
+        }
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        // Closing the channel ends the writer after its last batch.
+        let (tx, _) = mpsc::channel();
+        drop(std::mem::replace(&mut self.tx, tx));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A segment's bookkeeping.
+#[derive(Default)]
+struct Segment {
+    len: u64,
+    /// Bytes and count of the live entries whose latest `Put` is in this segment.
+    live_bytes: u64,
+    live: usize,
+}
+
+/// Where a live entry's latest `Put` is, and which of its routes are finished.
+struct Live {
+    segment: u64,
+    offset: u64,
+    len: u64,
+    done: Vec<String>,
+}
+
+/// Most records one batch takes, so that one sync never waits on an unbounded burst.
+const BATCH: usize = 4096;
+
+struct Writer {
+    dir: PathBuf,
+    segment_bytes: u64,
+    segments: BTreeMap<u64, Segment>,
+    head: Option<File>,
+    head_id: u64,
+    live: HashMap<u64, Live>,
+    /// Latest checkpoint per (module, source), and the segment that holds it.
+    checkpoints: HashMap<(String, String), (u64, String)>,
+    next_seq: u64,
+}
+
+impl Writer {
+    /// Reads every segment in order and rebuilds the index.
+    fn recover(dir: &Path, segment_bytes: u64) -> io::Result<Writer> {
+        let mut ids: Vec<u64> = std::fs::read_dir(dir)?
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name();
+                name.to_str()?.strip_suffix(".seg")?.parse().ok()
+            })
+            .collect();
+        ids.sort_unstable();
+        let mut w = Writer {
+            dir: dir.to_owned(),
+            segment_bytes,
+            segments: BTreeMap::new(),
+            head: None,
+            head_id: ids.last().copied().unwrap_or(0),
+            live: HashMap::new(),
+            checkpoints: HashMap::new(),
+            next_seq: 1,
+        };
+        let last = ids.last().copied();
+        for id in ids {
+            w.read_segment(id, Some(id) == last)?;
+        }
+        Ok(w)
+    }
+
+    fn path(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("{id:016}.seg"))
+    }
+
+    fn read_segment(&mut self, id: u64, is_last: bool) -> io::Result<()> {
+        let path = self.path(id);
+        let bytes = std::fs::read(&path)?;
+        if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+            tracing::error!(file = %path.display(), "store: not a segment of this store; ignored");
+            return Ok(());
+        }
+        let mut at = MAGIC.len();
+        self.segments.insert(id, Segment::default());
+        while at < bytes.len() {
+            match decode(&bytes[at..]) {
+                Ok((record, len)) => {
+                    self.apply(record, id, at as u64, len as u64);
+                    at += len;
+                }
+                Err(why) => {
+                    let lost = bytes.len() - at;
+                    if is_last {
+                        tracing::warn!(file = %path.display(), offset = at, bytes = lost, "store: cut a {} record at the end of the last segment (a write torn by a crash); every record before it is intact", describe(&why));
+                        OpenOptions::new()
+                            .write(true)
+                            .open(&path)?
+                            .set_len(at as u64)?;
+                    } else {
+                        tracing::error!(file = %path.display(), offset = at, bytes = lost, "store: a {} record in the middle of the log; the rest of this segment is skipped", describe(&why));
+                    }
+                    break;
+                }
+            }
+        }
+        if let Some(s) = self.segments.get_mut(&id) {
+            s.len = at as u64;
+        }
+        Ok(())
+    }
+
+    /// Applies one record to the index, as the writer does after writing it.
+    fn apply(&mut self, record: Record, segment: u64, offset: u64, len: u64) {
+        match record {
+            Record::Put(p) => {
+                self.next_seq = self.next_seq.max(p.seq + 1);
+                self.index(p.seq, segment, offset, len, p.done);
+            }
+            Record::Ack { seq, route } => {
+                if let Some(l) = self.live.get_mut(&seq) {
+                    if !l.done.contains(&route) {
+                        l.done.push(route);
+                    }
+                }
+            }
+            Record::Done { seq } => {
+                self.forget(seq);
+            }
+            Record::Checkpoint {
+                module,
+                source,
+                value,
+            } => {
+                self.checkpoints.insert((module, source), (segment, value));
+            }
+        }
+    }
+
+    /// Records that the latest `Put` of `seq` is at `offset` in `segment`.
+    fn index(&mut self, seq: u64, segment: u64, offset: u64, len: u64, done: Vec<String>) {
+        self.forget(seq);
+        if let Some(s) = self.segments.get_mut(&segment) {
+            s.live += 1;
+            s.live_bytes += len;
+        }
+        let live = Live {
+            segment,
+            offset,
+            len,
+            done,
+        };
+        self.live.insert(seq, live);
+    }
+
+    /// Drops `seq` from the index (it is done, or about to be written again).
+    fn forget(&mut self, seq: u64) -> Option<Live> {
+        let old = self.live.remove(&seq)?;
+        if let Some(s) = self.segments.get_mut(&old.segment) {
+            s.live -= 1;
+            s.live_bytes -= old.len;
+        }
+        Some(old)
+    }
+
+    /// The live entries (read back from their segments) and checkpoints.
+    fn recovered(&self) -> io::Result<Recovered> {
+        let mut entries = Vec::with_capacity(self.live.len());
+        for (&seq, live) in &self.live {
+            let mut put = self.read_put(seq, live)?;
+            put.done.clone_from(&live.done);
+            entries.push(put);
+        }
+        entries.sort_unstable_by_key(|p| p.seq);
+        let checkpoints = self
+            .checkpoints
+            .iter()
+            .map(|((m, s), (_, v))| (m.clone(), s.clone(), v.clone()))
+            .collect();
+        Ok(Recovered {
+            entries,
+            checkpoints,
+            next_seq: self.next_seq,
+        })
+    }
+
+    fn read_put(&self, seq: u64, live: &Live) -> io::Result<Put> {
+        let file = File::open(self.path(live.segment))?;
+        let mut buf = vec![0; live.len as usize];
+        file.read_exact_at(&mut buf, live.offset)?;
+        match decode(&buf) {
+            Ok((Record::Put(p), _)) if p.seq == seq => Ok(p),
+            _ => Err(io::Error::other(format!(
+                "store: entry {seq} is no longer readable at its place"
+            ))),
+        }
+    }
+
+    /// Starts a new head segment (every start writes to a fresh one).
+    fn start_segment(&mut self) -> io::Result<()> {
+        if let Some(head) = self.head.take() {
+            head.sync_data()?;
+        }
+        self.head_id += 1;
+        let path = self.path(self.head_id);
+        let mut file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)?;
+        file.write_all(MAGIC)?;
+        file.sync_data()?;
+        File::open(&self.dir)?.sync_all()?;
+        self.segments.insert(
+            self.head_id,
+            Segment {
+                len: MAGIC.len() as u64,
+                ..Segment::default()
+            },
+        );
+        self.head = Some(file);
+        Ok(())
+    }
+
+    fn run(mut self, rx: mpsc::Receiver<Op>) {
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            self.commit(batch);
+            if let Err(e) = self.maintain() {
+                tracing::error!("store: compaction failed (it is tried again after the next write): {e}");
+            }
+        }
+        if let Some(head) = &self.head {
+            let _ = head.sync_data();
+        }
+    }
+
+    /// Writes one batch with one write and at most one sync, then tells the producers.
+    fn commit(&mut self, batch: Vec<Op>) {
+        let mut buf = Vec::new();
+        let mut puts = Vec::new();
+        let mut syncs = Vec::new();
+        let mut applied = Vec::new();
+        let mut needs_sync = false;
+        let start = self.segments.get(&self.head_id).map_or(0, |s| s.len);
+        for op in batch {
+            let record = match op {
+                Op::Put { seq, record, then } => {
+                    puts.push((seq, start + buf.len() as u64, record.len() as u64, then));
+                    buf.extend_from_slice(&record);
+                    needs_sync = true;
+                    continue;
+                }
+                Op::Sync(then) => {
+                    syncs.push(then);
+                    needs_sync = true;
+                    continue;
+                }
+                // Finishing an entry the log no longer holds changes nothing.
+                Op::Ack { seq, .. } | Op::Done { seq } if !self.live.contains_key(&seq) => {
+                    continue
+                }
+                Op::Ack { seq, route } => Record::Ack { seq, route },
+                Op::Done { seq } => Record::Done { seq },
+                Op::Checkpoint {
+                    module,
+                    source,
+                    value,
+                } => {
+                    needs_sync = true;
+                    Record::Checkpoint {
+                        module,
+                        source,
+                        value,
+                    }
+                }
+            };
+            encode(&record, &mut buf);
+            applied.push(record);
+        }
+        let written = self.write(&buf, needs_sync);
+        if written.is_ok() {
+            for (seq, offset, len, _) in &puts {
+                self.index(*seq, self.head_id, *offset, *len, Vec::new());
+            }
+        }
+        // Finished entries and checkpoints are applied either way: a finished entry that could
+        // not be marked on disk is only delivered again after a crash, never lost.
+        for r in applied {
+            self.apply(r, self.head_id, 0, 0);
+        }
+        for (_, _, _, then) in puts {
+            then(match &written {
+                Ok(()) => Ok(()),
+                Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+            });
+        }
+        syncs.into_iter().for_each(|then| then());
+    }
+
+    /// Appends `buf` to the head segment; on failure, cuts the segment back to where it was.
+    fn write(&mut self, buf: &[u8], sync: bool) -> io::Result<()> {
+        let Some(head) = self.head.as_mut() else {
+            return Err(io::Error::other("the store has no open segment"));
+        };
+        let start = self.segments.get(&self.head_id).map_or(0, |s| s.len);
+        let result = head
+            .write_all(buf)
+            .and_then(|()| if sync { head.sync_data() } else { Ok(()) });
+        match result {
+            Ok(()) => {
+                if let Some(s) = self.segments.get_mut(&self.head_id) {
+                    s.len += buf.len() as u64;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!("store: writing failed: {e}");
+                let _ = head.set_len(start);
+                Err(e)
+            }
+        }
+    }
+
+    /// Rolls the head over when it is full, then compacts from the oldest segment on.
+    fn maintain(&mut self) -> io::Result<()> {
+        if self.segments.get(&self.head_id).map_or(0, |s| s.len) >= self.segment_bytes {
+            self.start_segment()?;
+        }
+        while let Some((&oldest, s)) = self.segments.first_key_value() {
+            if oldest == self.head_id {
+                break;
+            }
+            let pinned_checkpoints: Vec<(String, String)> = self
+                .checkpoints
+                .iter()
+                .filter(|(_, (seg, _))| *seg == oldest)
+                .map(|(k, _)| k.clone())
+                .collect();
+            if s.live > 0 || !pinned_checkpoints.is_empty() {
+                // Mostly live: leave it; it empties by itself as its entries finish.
+                if s.live_bytes * 2 > s.len {
+                    break;
+                }
+                self.rewrite(oldest, pinned_checkpoints)?;
+            }
+            std::fs::remove_file(self.path(oldest))?;
+            self.segments.remove(&oldest);
+        }
+        Ok(())
+    }
+
+    /// Writes the live entries and latest checkpoints of segment `id` again at the head.
+    fn rewrite(&mut self, id: u64, checkpoints: Vec<(String, String)>) -> io::Result<()> {
+        let mut seqs: Vec<u64> = self
+            .live
+            .iter()
+            .filter(|(_, l)| l.segment == id)
+            .map(|(&s, _)| s)
+            .collect();
+        seqs.sort_unstable();
+        let mut buf = Vec::new();
+        let mut placed = Vec::new();
+        let start = self.segments.get(&self.head_id).map_or(0, |s| s.len);
+        for seq in seqs {
+            let live = &self.live[&seq];
+            let mut put = self.read_put(seq, live)?;
+            put.done.clone_from(&live.done);
+            let at = buf.len();
+            encode(&Record::Put(put), &mut buf);
+            placed.push((seq, start + at as u64, (buf.len() - at) as u64));
+        }
+        let mut moved = Vec::new();
+        for key in checkpoints {
+            let value = self.checkpoints[&key].1.clone();
+            let record = Record::Checkpoint {
+                module: key.0,
+                source: key.1,
+                value,
+            };
+            encode(&record, &mut buf);
+            moved.push(record);
+        }
+        self.write(&buf, true)?;
+        for (seq, offset, len) in placed {
+            let done = self.forget(seq).map(|l| l.done).unwrap_or_default();
+            self.index(seq, self.head_id, offset, len, done);
+        }
+        for r in moved {
+            self.apply(r, self.head_id, 0, 0);
+        }
+        Ok(())
+    }
+}
+
+fn describe(why: &Unreadable) -> &'static str {
+    match why {
+        Unreadable::Truncated => "truncated",
+        Unreadable::Corrupt => "damaged",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    fn put_record(seq: u64, module: &str) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let put = Put {
+            seq,
+            accepted_ms: 1,
+            module: module.into(),
+            route: None,
+            done: vec![],
+            event: format!(r#"{{"n":{seq}}}"#).into_bytes(),
+        };
+        encode(&Record::Put(put), &mut buf);
+        buf
+    }
+
+    /// Stores `seqs` and waits until each is durable.
+    fn store(log: &Log, seqs: impl IntoIterator<Item = u64>) {
+        let results = Arc::new(Mutex::new(Vec::new()));
+        for seq in seqs {
+            let r = results.clone();
+            log.send(Op::Put {
+                seq,
+                record: put_record(seq, "m"),
+                then: Box::new(move |res| r.lock().unwrap().push(res.is_ok())),
+            });
+        }
+        sync(log);
+        assert!(results.lock().unwrap().iter().all(|ok| *ok));
+    }
+
+    fn sync(log: &Log) {
+        let (tx, rx) = mpsc::channel();
+        log.send(Op::Sync(Box::new(move || tx.send(()).unwrap())));
+        rx.recv().unwrap();
+    }
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("orgloop-log-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    fn seqs(r: &Recovered) -> Vec<u64> {
+        r.entries.iter().map(|p| p.seq).collect()
+    }
+
+    #[test]
+    fn unfinished_entries_come_back_with_their_finished_routes() {
+        let d = dir("recover");
+        let (log, r) = Log::open(&d, 1 << 20).unwrap();
+        assert!(r.entries.is_empty());
+        store(&log, 1..=4);
+        log.send(Op::Done { seq: 2 });
+        log.send(Op::Ack {
+            seq: 3,
+            route: "a".into(),
+        });
+        log.send(Op::Checkpoint {
+            module: "m".into(),
+            source: "feed".into(),
+            value: "9".into(),
+        });
+        sync(&log);
+        drop(log);
+        let (_log, r) = Log::open(&d, 1 << 20).unwrap();
+        assert_eq!(seqs(&r), [1, 3, 4]);
+        assert_eq!(r.entries[1].done, ["a"]);
+        assert_eq!(r.entries[2].event, br#"{"n":4}"#);
+        assert_eq!(r.checkpoints, [("m".into(), "feed".into(), "9".into())]);
+        assert_eq!(r.next_seq, 5);
+    }
+
+    #[test]
+    fn a_torn_last_record_is_cut_and_the_rest_survives() {
+        let d = dir("torn");
+        let (log, _) = Log::open(&d, 1 << 20).unwrap();
+        store(&log, 1..=3);
+        drop(log);
+        let last = std::fs::read_dir(&d)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .max()
+            .unwrap();
+        let len = std::fs::metadata(&last).unwrap().len();
+        OpenOptions::new()
+            .write(true)
+            .open(&last)
+            .unwrap()
+            .set_len(len - 3)
+            .unwrap();
+        let (log, r) = Log::open(&d, 1 << 20).unwrap();
+        assert_eq!(seqs(&r), [1, 2]);
+        // The cut segment stays readable, and new entries go on after it.
+        store(&log, [10]);
+        drop(log);
+        let (_log, r) = Log::open(&d, 1 << 20).unwrap();
+        assert_eq!(seqs(&r), [1, 2, 10]);
+    }
+
+    #[test]
+    fn finished_segments_are_deleted_and_stragglers_move_forward() {
+        let d = dir("compact");
+        let segment = 4096;
+        let (log, _) = Log::open(&d, segment).unwrap();
+        let files = || std::fs::read_dir(&d).unwrap().count();
+        // One entry stays live while 2000 others come and go.
+        store(&log, [1]);
+        log.send(Op::Checkpoint {
+            module: "m".into(),
+            source: "feed".into(),
+            value: "first".into(),
+        });
+        for seq in 2..2000 {
+            store(&log, [seq]);
+            log.send(Op::Done { seq });
+        }
+        sync(&log);
+        assert!(files() <= 3, "{} segment files left", files());
+        drop(log);
+        let (_log, r) = Log::open(&d, segment).unwrap();
+        assert_eq!(seqs(&r), [1]);
+        assert_eq!(r.checkpoints[0].2, "first");
+    }
+}
