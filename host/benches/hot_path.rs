@@ -27,11 +27,11 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use orgloop::module::{Generation, Module, Registry};
-use orgloop::queue::{Durability, Options as QueueOptions, Queue};
 use orgloop::plugin::http_client::HttpClient;
 use orgloop::plugin::services::Services;
 use orgloop::plugin::store::PluginStore;
 use orgloop::plugin::{Loader, PluginTransform};
+use orgloop::queue::{Durability, Options as QueueOptions, Queue};
 use orgloop_filters::{Filter, FilterConfig};
 use orgloop_plugin_sdk::serde_json::{self, json, Value as Json};
 use orgloop_plugin_sdk::testing::{TestHost, TestTransform};
@@ -319,7 +319,11 @@ fn load_module(rt: &Runtime, dir: &Path, routes: usize) -> (Arc<Registry>, Arc<M
 
 /// Waits until every event accepted by `module` is finished: routed, and its deliveries done.
 async fn settle(module: &Module) {
-    while module.queue.stats(&module.name).is_some_and(|s| s.entries > 0) {
+    while module
+        .queue
+        .stats(&module.name)
+        .is_some_and(|s| s.entries > 0)
+    {
         tokio::task::yield_now().await;
     }
 }

@@ -98,10 +98,12 @@ pub fn rt() -> &'static tokio::runtime::Runtime {
     })
 }
 
-/// A response: status and body parsed as JSON (`Null` when it is not JSON).
+/// A response: status, headers (lower-case names) and body parsed as JSON (`Null` when it is not
+/// JSON).
 #[derive(Debug, Clone)]
 pub struct Reply {
     pub status: u16,
+    pub headers: HashMap<String, String>,
     pub json: Value,
 }
 
@@ -122,20 +124,30 @@ pub fn request(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -
             .expect("request timed out")
             .expect("request failed");
         let status = resp.status().as_u16();
+        let headers = header_map(resp.headers());
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
         Reply {
             status,
+            headers,
             json: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
         }
     })
 }
 
-/// One request the sink received.
+fn header_map(headers: &axum::http::HeaderMap) -> HashMap<String, String> {
+    headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
+        .collect()
+}
+
+/// One request the sink received, and the status it answered.
 #[derive(Debug, Clone)]
 pub struct Received {
     pub path: String,
     pub headers: HashMap<String, String>,
     pub body: Value,
+    pub status: u16,
 }
 
 /// The `payload.n` of each delivered event, sorted: which numbered events arrived, and how often.
@@ -168,18 +180,16 @@ impl Sink {
             move |uri: axum::http::Uri, headers: axum::http::HeaderMap, body: Bytes| {
                 let (r, s) = (r.clone(), s.clone());
                 async move {
-                    let headers = headers
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
-                        .collect();
                     let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    let status = s.load(Ordering::SeqCst);
                     r.0.lock().unwrap().push(Received {
                         path: uri.path().to_owned(),
-                        headers,
+                        headers: header_map(&headers),
                         body,
+                        status,
                     });
                     r.1.notify_all();
-                    axum::http::StatusCode::from_u16(s.load(Ordering::SeqCst)).unwrap()
+                    axum::http::StatusCode::from_u16(status).unwrap()
                 }
             },
         );
@@ -202,6 +212,43 @@ impl Sink {
 
     pub fn received(&self) -> Vec<Received> {
         self.received.0.lock().unwrap().clone()
+    }
+
+    /// The `payload.n` of each event the sink answered with a 2xx, sorted.
+    pub fn delivered_ns(&self) -> Vec<u64> {
+        let ok: Vec<Received> = self
+            .received()
+            .into_iter()
+            .filter(|r| (200..300).contains(&r.status))
+            .collect();
+        payload_ns(&ok)
+    }
+
+    /// Waits until the sink answered 2xx to events with every `payload.n` in `ns`; returns how
+    /// often each arrived with a 2xx, for the test to count duplicates.
+    pub fn wait_delivered(&self, ns: &[u64]) -> HashMap<u64, usize> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let mut counts: HashMap<u64, usize> = HashMap::new();
+            for n in self.delivered_ns() {
+                *counts.entry(n).or_default() += 1;
+            }
+            let missing: Vec<u64> = ns
+                .iter()
+                .copied()
+                .filter(|n| !counts.contains_key(n))
+                .collect();
+            if missing.is_empty() {
+                return counts;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {} events never delivered: {missing:?}",
+                missing.len(),
+                ns.len()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Waits until at least `n` requests arrived; returns all of them.
@@ -463,6 +510,13 @@ impl Daemon {
     /// Sends SIGTERM and waits for the exit code.
     pub fn stop(mut self) -> i32 {
         self.terminate()
+    }
+
+    /// Kills the daemon with SIGKILL, as a crash or the OOM killer would, and waits until it is
+    /// gone.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     fn terminate(&mut self) -> i32 {

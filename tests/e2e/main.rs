@@ -8,6 +8,7 @@ mod bad_input;
 mod churn;
 mod control;
 mod drain;
+mod durability;
 mod isolation;
 mod loader;
 mod quickstart;

@@ -75,7 +75,14 @@ mod tests {
 
     #[test]
     fn client_errors_are_permanent_except_timeouts_and_throttling() {
-        for (status, permanent) in [(400, true), (404, true), (408, false), (429, false), (500, false), (503, false)] {
+        for (status, permanent) in [
+            (400, true),
+            (404, true),
+            (408, false),
+            (429, false),
+            (500, false),
+            (503, false),
+        ] {
             let e = status_error("http://h/x", &response(status, b""));
             assert_eq!(e.is_permanent(), permanent, "HTTP {status}");
         }
@@ -85,7 +92,10 @@ mod tests {
     fn retry_after_seconds_are_passed_on() {
         let mut r = response(429, b"");
         r.headers.push(("Retry-After".into(), " 7 ".into()));
-        assert_eq!(status_error("u", &r).retry_after(), Some(Duration::from_secs(7)));
+        assert_eq!(
+            status_error("u", &r).retry_after(),
+            Some(Duration::from_secs(7))
+        );
         r.headers[0].1 = "Wed, 21 Oct 2026 07:28:00 GMT".into();
         assert_eq!(status_error("u", &r).retry_after(), None);
     }

@@ -135,7 +135,14 @@ fn show(client: &Client, id: &str, as_json: bool) -> u8 {
         return exit::OK;
     }
     println!("dead letter {}", text(&d["id"]));
-    for field in ["module", "route", "actor", "event_id", "reason", "last_error"] {
+    for field in [
+        "module",
+        "route",
+        "actor",
+        "event_id",
+        "reason",
+        "last_error",
+    ] {
         println!("  {field:<12} {}", text(&d[field]));
     }
     println!("  {:<12} {}", "attempts", d["attempts"]);
@@ -163,7 +170,10 @@ fn act(client: &Client, s: &Selection, method: &str, done: &str) -> u8 {
         Err(code) => return code,
     };
     let handled = body[done].as_array().map_or(0, Vec::len);
-    println!("{done} {handled} dead letter{}", if handled == 1 { "" } else { "s" });
+    println!(
+        "{done} {handled} dead letter{}",
+        if handled == 1 { "" } else { "s" }
+    );
     let failed = body["failed"].as_array().cloned().unwrap_or_default();
     for f in &failed {
         eprintln!("  ✗ {}: {}", text(&f["id"]), text(&f["error"]));

@@ -129,8 +129,19 @@ pub fn same_transform(a: &TransformSpec, b: &TransformSpec) -> bool {
 }
 
 pub fn same_actor(a: &ActorSpec, b: &ActorSpec) -> bool {
-    (&a.symbol, &a.config, a.max_inflight, &a.retry, a.interrupted)
-        == (&b.symbol, &b.config, b.max_inflight, &b.retry, b.interrupted)
+    (
+        &a.symbol,
+        &a.config,
+        a.max_inflight,
+        &a.retry,
+        a.interrupted,
+    ) == (
+        &b.symbol,
+        &b.config,
+        b.max_inflight,
+        &b.retry,
+        b.interrupted,
+    )
 }
 
 pub fn same_source(a: &SourceSpec, b: &SourceSpec) -> bool {

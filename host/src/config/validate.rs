@@ -253,7 +253,12 @@ impl Checker<'_> {
             def.initial.as_deref(),
             fallback.initial,
         );
-        let max = self.duration(file, &format!("{field}.max"), def.max.as_deref(), fallback.max);
+        let max = self.duration(
+            file,
+            &format!("{field}.max"),
+            def.max.as_deref(),
+            fallback.max,
+        );
         let max_age = self.duration(
             file,
             &format!("{field}.max_age"),

@@ -32,7 +32,12 @@ pub async fn show(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<DeadLetter>, ApiError> {
-    app.registry.queue.dead.get(&id).map(Json).ok_or_else(|| not_found(&id))
+    app.registry
+        .queue
+        .dead
+        .get(&id)
+        .map(Json)
+        .ok_or_else(|| not_found(&id))
 }
 
 /// `POST /control/dlq/{id}/replay`.
@@ -40,11 +45,19 @@ pub async fn replay_one(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let letter = app.registry.queue.dead.get(&id).ok_or_else(|| not_found(&id))?;
+    let letter = app
+        .registry
+        .queue
+        .dead
+        .get(&id)
+        .ok_or_else(|| not_found(&id))?;
     let outcome = replay(&app, vec![letter]).await;
     if let Some(failure) = outcome["failed"].get(0) {
         return Err(ApiError::Conflict(
-            failure["error"].as_str().unwrap_or("not replayed").to_owned(),
+            failure["error"]
+                .as_str()
+                .unwrap_or("not replayed")
+                .to_owned(),
         ));
     }
     Ok(Json(outcome))
@@ -64,7 +77,9 @@ pub async fn purge_one(
     match app.registry.queue.dead.remove(&id) {
         Ok(true) => Ok(Json(json!({"purged": [id]}))),
         Ok(false) => Err(not_found(&id)),
-        Err(e) => Err(ApiError::Internal(format!("removing dead letter {id}: {e}"))),
+        Err(e) => Err(ApiError::Internal(format!(
+            "removing dead letter {id}: {e}"
+        ))),
     }
 }
 
@@ -96,10 +111,12 @@ async fn replay(app: &AppState, letters: Vec<DeadLetter>) -> Value {
 }
 
 async fn replay_letter(app: &AppState, letter: &DeadLetter) -> Result<(), String> {
-    let module = app
-        .registry
-        .module(&letter.module)
-        .ok_or_else(|| format!("module {} is not loaded; load it, then replay", letter.module))?;
+    let module = app.registry.module(&letter.module).ok_or_else(|| {
+        format!(
+            "module {} is not loaded; load it, then replay",
+            letter.module
+        )
+    })?;
     let event = Event::from_json(letter.event.clone()).map_err(|e| e.to_string())?;
     module
         .queue

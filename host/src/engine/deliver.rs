@@ -129,7 +129,8 @@ async fn run(module: Arc<Module>, job: Job) {
                 pass.report(Health::Unknown, &actor.retry);
                 p.last_error = Some(why.clone());
                 if actor.interrupted == Interrupted::DeadLetter {
-                    let why = format!("interrupted ({why}) and its actor says interrupted: dead_letter");
+                    let why =
+                        format!("interrupted ({why}) and its actor says interrupted: dead_letter");
                     return dead(&module, &g, &job, &actor_id, &why, &p).await;
                 }
                 if module.stopping.is_cancelled() {
@@ -251,7 +252,10 @@ async fn stopped(module: &Arc<Module>, g: Option<&Arc<Generation>>, job: &Job, p
         Stopping::Unload => {
             let why = "the module was unloaded before the delivery finished";
             let actor = g
-                .and_then(|g| g.route_index(&job.route).map(|i| g.routes[i].spec.actor.clone()))
+                .and_then(|g| {
+                    g.route_index(&job.route)
+                        .map(|i| g.routes[i].spec.actor.clone())
+                })
                 .unwrap_or_default();
             match g {
                 Some(g) => dead(module, g, job, &actor, why, p).await,
@@ -261,7 +265,14 @@ async fn stopped(module: &Arc<Module>, g: Option<&Arc<Generation>>, job: &Job, p
     }
 }
 
-async fn dead(module: &Arc<Module>, g: &Generation, job: &Job, actor: &str, why: &str, p: &Progress) {
+async fn dead(
+    module: &Arc<Module>,
+    g: &Generation,
+    job: &Job,
+    actor: &str,
+    why: &str,
+    p: &Progress,
+) {
     store_dead(module, Some(g), job, actor, why, p).await
 }
 
@@ -285,7 +296,9 @@ async fn store_dead(
         reason: why.to_owned(),
         last_error: p.last_error.clone(),
         attempts: p.attempts,
-        accepted_at: format_timestamp(UNIX_EPOCH + Duration::from_millis(job.accepted_ms.max(0) as u64)),
+        accepted_at: format_timestamp(
+            UNIX_EPOCH + Duration::from_millis(job.accepted_ms.max(0) as u64),
+        ),
         dead_at: format_timestamp(SystemTime::now()),
     };
     let id = letter.id.clone();
@@ -363,7 +376,10 @@ mod tests {
     #[test]
     fn idempotency_keys_are_header_safe_and_stable() {
         assert_eq!(idempotency_key("evt_1", "notify"), "evt_1:notify");
-        assert_eq!(idempotency_key("evt_1", "to team é"), "evt_1:to%20team%20%C3%A9");
+        assert_eq!(
+            idempotency_key("evt_1", "to team é"),
+            "evt_1:to%20team%20%C3%A9"
+        );
         assert_eq!(idempotency_key("evt_1", "50%"), "evt_1:50%25");
     }
 }

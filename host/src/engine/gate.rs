@@ -161,11 +161,16 @@ mod tests {
     async fn a_failing_actor_lets_one_probe_through_per_backoff() {
         let gate = Arc::new(Gate::default());
         let p = policy();
-        gate.pass().await.report(Health::Down { retry_after: None }, &p);
+        gate.pass()
+            .await
+            .report(Health::Down { retry_after: None }, &p);
         assert!(gate.is_failing());
         let started = Instant::now();
         let probe = gate.pass().await;
-        assert!(started.elapsed() >= Duration::from_secs(5), "waited for the backoff");
+        assert!(
+            started.elapsed() >= Duration::from_secs(5),
+            "waited for the backoff"
+        );
         // While the probe runs, nobody else passes.
         let other = tokio::time::timeout(Duration::from_secs(60), gate.pass()).await;
         assert!(other.is_err(), "a second attempt passed during the probe");
@@ -179,7 +184,9 @@ mod tests {
     async fn a_dropped_probe_frees_the_gate() {
         let gate = Arc::new(Gate::default());
         let p = policy();
-        gate.pass().await.report(Health::Down { retry_after: None }, &p);
+        gate.pass()
+            .await
+            .report(Health::Down { retry_after: None }, &p);
         drop(gate.pass().await);
         let next = tokio::time::timeout(Duration::from_millis(1), gate.pass()).await;
         assert!(next.is_ok(), "the next probe may start at once");

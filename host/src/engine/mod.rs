@@ -3,10 +3,10 @@
 //! [`interpolate`], [`sop`] and [`log`].
 
 pub mod deliver;
-pub mod gate;
-pub mod retry;
 pub mod dispatch;
+pub mod gate;
 pub mod interpolate;
 pub mod log;
+pub mod retry;
 pub mod route;
 pub mod sop;

@@ -56,7 +56,14 @@ mod tests {
     #[test]
     fn waits_double_up_to_the_cap_with_jitter_in_the_upper_half() {
         let p = policy();
-        for (failures, base) in [(1, 100), (2, 200), (3, 400), (4, 800), (5, 1000), (40, 1000)] {
+        for (failures, base) in [
+            (1, 100),
+            (2, 200),
+            (3, 400),
+            (4, 800),
+            (5, 1000),
+            (40, 1000),
+        ] {
             for _ in 0..50 {
                 let d = delay(&p, failures, None).as_millis() as u64;
                 assert!((base / 2..=base).contains(&d), "failure {failures}: {d} ms");
@@ -74,7 +81,11 @@ mod tests {
     fn gives_up_on_count_or_age() {
         let p = policy();
         assert_eq!(exhausted(&p, 4, Duration::from_secs(1)), None);
-        assert!(exhausted(&p, 5, Duration::from_secs(1)).unwrap().contains("max_attempts"));
-        assert!(exhausted(&p, 1, Duration::from_secs(61)).unwrap().contains("max_age"));
+        assert!(exhausted(&p, 5, Duration::from_secs(1))
+            .unwrap()
+            .contains("max_attempts"));
+        assert!(exhausted(&p, 1, Duration::from_secs(61))
+            .unwrap()
+            .contains("max_age"));
     }
 }

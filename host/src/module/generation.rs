@@ -13,8 +13,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::raw::{Interrupted, OnError};
 use crate::config::spec::RetryPolicy;
-use crate::engine::gate::Gate;
 use crate::config::ModuleSpec;
+use crate::engine::gate::Gate;
 use crate::engine::log::Loggers;
 use crate::engine::route::Route;
 use crate::plugin::{Library, PluginActor, PluginSource, PluginTransform};

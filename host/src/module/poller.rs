@@ -106,7 +106,9 @@ fn spawn(module: Weak<Module>, slot: &SourceSlot, previous: Option<JoinHandle<()
                     // Only past what was stored: a refused batch is fetched again next time.
                     match p.checkpoint {
                         Some(cp) if all_stored => m.set_checkpoint(&id, cp),
-                        Some(_) => tracing::warn!(module = %m.name, source = %id, "checkpoint not advanced: the batch is polled again"),
+                        Some(_) => {
+                            tracing::warn!(module = %m.name, source = %id, "checkpoint not advanced: the batch is polled again")
+                        }
                         None => {}
                     }
                 }

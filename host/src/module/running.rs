@@ -245,7 +245,10 @@ impl Module {
     /// sent it.
     pub fn accept(&self, event: Event, stats: Option<&SourceStats>) -> Result<Stored, Refused> {
         if self.current.load().is_none() {
-            return Err(Refused::Unknown(format!("module {} is not running", self.name)));
+            return Err(Refused::Unknown(format!(
+                "module {} is not running",
+                self.name
+            )));
         }
         let stored = self.queue.append(&self.name, None, event)?;
         if let Some(s) = stats {

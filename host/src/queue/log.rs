@@ -322,7 +322,9 @@ impl Writer {
             }
             self.commit(batch);
             if let Err(e) = self.maintain() {
-                tracing::error!("store: compaction failed (it is tried again after the next write): {e}");
+                tracing::error!(
+                    "store: compaction failed (it is tried again after the next write): {e}"
+                );
             }
         }
         if let Some(head) = &self.head {
@@ -352,9 +354,7 @@ impl Writer {
                     continue;
                 }
                 // Finishing an entry the log no longer holds changes nothing.
-                Op::Ack { seq, .. } | Op::Done { seq } if !self.live.contains_key(&seq) => {
-                    continue
-                }
+                Op::Ack { seq, .. } | Op::Done { seq } if !self.live.contains_key(&seq) => continue,
                 Op::Ack { seq, route } => Record::Ack { seq, route },
                 Op::Done { seq } => Record::Done { seq },
                 Op::Checkpoint {

@@ -115,9 +115,7 @@ pub fn decode(buf: &[u8]) -> Result<(Record, usize), Unreadable> {
     }
     let len = u32::from_le_bytes(buf[0..4].try_into().unwrap_or_default()) as usize;
     let crc = u32::from_le_bytes(buf[4..8].try_into().unwrap_or_default());
-    let body = buf
-        .get(HEADER..HEADER + len)
-        .ok_or(Unreadable::Truncated)?;
+    let body = buf.get(HEADER..HEADER + len).ok_or(Unreadable::Truncated)?;
     if len == 0 || crc32fast::hash(body) != crc {
         return Err(Unreadable::Corrupt);
     }
@@ -238,7 +236,11 @@ mod tests {
         let mut buf = Vec::new();
         encode(&put(1), &mut buf);
         for cut in [0, 3, HEADER, buf.len() - 1] {
-            assert_eq!(decode(&buf[..cut]), Err(Unreadable::Truncated), "cut at {cut}");
+            assert_eq!(
+                decode(&buf[..cut]),
+                Err(Unreadable::Truncated),
+                "cut at {cut}"
+            );
         }
         let last = buf.len() - 1;
         buf[last] ^= 1;

@@ -208,7 +208,10 @@ impl<A: Actor> ActorObj for ActorGlue<A> {
         });
         async move {
             // A panic is an ordinary (retryable) failure: the next attempt may well succeed.
-            match outcome.await.unwrap_or_else(|panic| Err(PluginError::new(panic))) {
+            match outcome
+                .await
+                .unwrap_or_else(|panic| Err(PluginError::new(panic)))
+            {
                 Ok(Outcome::Delivered) => FfiOutcome::Delivered,
                 Ok(Outcome::Rejected(why)) => FfiOutcome::Rejected(why.into()),
                 Err(e) => FfiOutcome::Error(FfiFailure {
