@@ -408,7 +408,8 @@ fn an_interrupted_session_can_go_to_the_dead_letters_instead_of_running_twice() 
     daemon.wait_log("session ses_");
     assert_eq!(daemon.stop(), 0);
 
-    let daemon = start();
+    // A shutdown cancelled it: a dead letter, and no second session.
+    let mut daemon = start();
     let letters = dead_letters(&daemon);
     assert_eq!(letters.len(), 1, "{letters:#?}");
     assert_contains(letters[0]["reason"].as_str().unwrap(), "interrupted");
@@ -418,4 +419,28 @@ fn an_interrupted_session_can_go_to_the_dead_letters_instead_of_running_twice() 
         "the session did not start again:\n{}",
         daemon.log()
     );
+
+    // A crash cut the next one short: the same, though nothing could cancel it.
+    assert_eq!(daemon.post("in", &json!({"n": 2})).status, 202);
+    daemon.wait_log("session ses_");
+    daemon.kill();
+    let daemon = start();
+    let deadline = Instant::now() + WAIT;
+    let letters = loop {
+        let l = dead_letters(&daemon);
+        if l.len() >= 2 || Instant::now() > deadline {
+            break l;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let crashed: Vec<&Value> = letters
+        .iter()
+        .filter(|d| d["event"]["payload"]["n"] == 2)
+        .collect();
+    assert_eq!(crashed.len(), 1, "{letters:#?}");
+    assert_contains(
+        crashed[0]["reason"].as_str().unwrap(),
+        "the daemon stopped during its attempt",
+    );
+    assert!(!daemon.log().contains("session ses_"), "{}", daemon.log());
 }

@@ -14,7 +14,8 @@
 //! - failed in a way that may heal: retried after a backoff, through the actor's gate;
 //! - interrupted by the host (a drain's timeout, a shutdown): tried again at once through the
 //!   current generation, or dead-lettered if the actor says `interrupted: dead_letter`; at
-//!   shutdown the delivery stays stored for the next start.
+//!   shutdown the delivery stays stored for the next start. For such an actor each attempt's
+//!   start is stored first, so that an attempt a crash cut short is dead-lettered too.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -45,6 +46,8 @@ pub struct Job {
     /// The event after the route's transforms.
     pub event: Event,
     pub accepted_ms: i64,
+    /// An attempt had started when the daemon died (known for `interrupted: dead_letter` actors).
+    pub crashed: bool,
 }
 
 /// Starts delivering `job` as a task of `module`.
@@ -87,6 +90,10 @@ async fn run(module: Arc<Module>, job: Job) {
             let why = "its actor was removed by a reload";
             return dead(&module, &g, &job, &actor_id, why, &p).await;
         };
+        if job.crashed && p.attempts == 0 && actor.interrupted == Interrupted::DeadLetter {
+            let why = "interrupted (the daemon stopped during its attempt) and its actor says interrupted: dead_letter";
+            return dead(&module, &g, &job, &actor_id, why, &p).await;
+        }
         let stats = module.actor_stats(&actor_id);
         let admitted = {
             let _waiting = Count::new(&stats.waiting);
@@ -107,6 +114,9 @@ async fn run(module: Arc<Module>, job: Job) {
         if !module.is_current(&g) {
             // Swapped while it waited: go through the new generation.
             continue;
+        }
+        if actor.interrupted == Interrupted::DeadLetter {
+            job.ticket.started(&job.route).await;
         }
         p.attempts += 1;
         let result = {

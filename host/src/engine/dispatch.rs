@@ -24,6 +24,7 @@ pub fn dispatch(module: &Arc<Module>, generation: &Arc<Generation>, entry: Entry
         accepted_ms,
         route,
         done,
+        started,
         event,
     } = entry;
     let job = |route: &str, event: Event| Job {
@@ -31,6 +32,7 @@ pub fn dispatch(module: &Arc<Module>, generation: &Arc<Generation>, entry: Entry
         route: route.to_owned(),
         event,
         accepted_ms,
+        crashed: started.iter().any(|r| r == route),
     };
     if let Some(route) = route {
         start(module, job(&route, event));

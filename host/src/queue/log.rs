@@ -34,6 +34,10 @@ pub enum Op {
         seq: u64,
         route: String,
     },
+    Started {
+        seq: u64,
+        route: String,
+    },
     Done {
         seq: u64,
     },
@@ -115,6 +119,7 @@ struct Live {
     offset: u64,
     len: u64,
     done: Vec<String>,
+    started: Vec<String>,
 }
 
 /// Most records one batch takes, so that one sync never waits on an unbounded burst.
@@ -205,13 +210,16 @@ impl Writer {
         match record {
             Record::Put(p) => {
                 self.next_seq = self.next_seq.max(p.seq + 1);
-                self.index(p.seq, segment, offset, len, p.done);
+                self.index(p.seq, segment, offset, len, (p.done, p.started));
             }
             Record::Ack { seq, route } => {
                 if let Some(l) = self.live.get_mut(&seq) {
-                    if !l.done.contains(&route) {
-                        l.done.push(route);
-                    }
+                    push_once(&mut l.done, route);
+                }
+            }
+            Record::Started { seq, route } => {
+                if let Some(l) = self.live.get_mut(&seq) {
+                    push_once(&mut l.started, route);
                 }
             }
             Record::Done { seq } => {
@@ -227,8 +235,10 @@ impl Writer {
         }
     }
 
-    /// Records that the latest `Put` of `seq` is at `offset` in `segment`.
-    fn index(&mut self, seq: u64, segment: u64, offset: u64, len: u64, done: Vec<String>) {
+    /// Records that the latest `Put` of `seq` is at `offset` in `segment`, with its finished and
+    /// started routes.
+    fn index(&mut self, seq: u64, segment: u64, offset: u64, len: u64, routes: Routes) {
+        let (done, started) = routes;
         self.forget(seq);
         if let Some(s) = self.segments.get_mut(&segment) {
             s.live += 1;
@@ -239,6 +249,7 @@ impl Writer {
             offset,
             len,
             done,
+            started,
         };
         self.live.insert(seq, live);
     }
@@ -259,6 +270,7 @@ impl Writer {
         for (&seq, live) in &self.live {
             let mut put = self.read_put(seq, live)?;
             put.done.clone_from(&live.done);
+            put.started.clone_from(&live.started);
             entries.push(put);
         }
         entries.sort_unstable_by_key(|p| p.seq);
@@ -354,8 +366,13 @@ impl Writer {
                     continue;
                 }
                 // Finishing an entry the log no longer holds changes nothing.
-                Op::Ack { seq, .. } | Op::Done { seq } if !self.live.contains_key(&seq) => continue,
+                Op::Ack { seq, .. } | Op::Started { seq, .. } | Op::Done { seq }
+                    if !self.live.contains_key(&seq) =>
+                {
+                    continue
+                }
                 Op::Ack { seq, route } => Record::Ack { seq, route },
+                Op::Started { seq, route } => Record::Started { seq, route },
                 Op::Done { seq } => Record::Done { seq },
                 Op::Checkpoint {
                     module,
@@ -376,7 +393,7 @@ impl Writer {
         let written = self.write(&buf, needs_sync);
         if written.is_ok() {
             for (seq, offset, len, _) in &puts {
-                self.index(*seq, self.head_id, *offset, *len, Vec::new());
+                self.index(*seq, self.head_id, *offset, *len, Routes::default());
             }
         }
         // Finished entries and checkpoints are applied either way: a finished entry that could
@@ -461,6 +478,7 @@ impl Writer {
             let live = &self.live[&seq];
             let mut put = self.read_put(seq, live)?;
             put.done.clone_from(&live.done);
+            put.started.clone_from(&live.started);
             let at = buf.len();
             encode(&Record::Put(put), &mut buf);
             placed.push((seq, start + at as u64, (buf.len() - at) as u64));
@@ -478,13 +496,25 @@ impl Writer {
         }
         self.write(&buf, true)?;
         for (seq, offset, len) in placed {
-            let done = self.forget(seq).map(|l| l.done).unwrap_or_default();
-            self.index(seq, self.head_id, offset, len, done);
+            let routes = self
+                .forget(seq)
+                .map(|l| (l.done, l.started))
+                .unwrap_or_default();
+            self.index(seq, self.head_id, offset, len, routes);
         }
         for r in moved {
             self.apply(r, self.head_id, 0, 0);
         }
         Ok(())
+    }
+}
+
+/// An entry's finished and started routes.
+type Routes = (Vec<String>, Vec<String>);
+
+fn push_once(routes: &mut Vec<String>, route: String) {
+    if !routes.contains(&route) {
+        routes.push(route);
     }
 }
 
@@ -508,6 +538,7 @@ mod tests {
             module: module.into(),
             route: None,
             done: vec![],
+            started: vec![],
             event: format!(r#"{{"n":{seq}}}"#).into_bytes(),
         };
         encode(&Record::Put(put), &mut buf);
@@ -556,6 +587,10 @@ mod tests {
             seq: 3,
             route: "a".into(),
         });
+        log.send(Op::Started {
+            seq: 4,
+            route: "s".into(),
+        });
         log.send(Op::Checkpoint {
             module: "m".into(),
             source: "feed".into(),
@@ -566,6 +601,7 @@ mod tests {
         let (_log, r) = Log::open(&d, 1 << 20).unwrap();
         assert_eq!(seqs(&r), [1, 3, 4]);
         assert_eq!(r.entries[1].done, ["a"]);
+        assert_eq!(r.entries[2].started, ["s"]);
         assert_eq!(r.entries[2].event, br#"{"n":4}"#);
         assert_eq!(r.checkpoints, [("m".into(), "feed".into(), "9".into())]);
         assert_eq!(r.next_seq, 5);

@@ -81,6 +81,9 @@ pub struct Entry {
     pub route: Option<String>,
     /// Routes already finished before a restart: not delivered again.
     pub done: Vec<String>,
+    /// Routes whose attempt had started when the daemon died (only recorded for actors with
+    /// `interrupted: dead_letter`).
+    pub started: Vec<String>,
     pub event: Event,
 }
 
@@ -111,6 +114,25 @@ impl Ticket {
                 route: route.to_owned(),
             });
         }
+    }
+
+    /// An attempt along `route` starts, for an actor that must not run a delivery twice;
+    /// resolves once that is durable, so that a crash during the attempt is known afterwards.
+    pub async fn started(&self, route: &str) {
+        let Some(q) = self.0.queue.upgrade() else {
+            return;
+        };
+        let Some(log) = &q.log else { return };
+        log.send(Op::Started {
+            seq: self.0.seq,
+            route: route.to_owned(),
+        });
+        let (tx, rx) = oneshot::channel();
+        log.send(Op::Sync(Box::new(move || {
+            let _ = tx.send(());
+        })));
+        drop(q);
+        let _ = rx.await;
     }
 
     /// Routing is over: the entry is done once the last clone of this ticket is dropped.
@@ -300,6 +322,7 @@ impl Queue {
                 module: module.to_owned(),
                 route: route.clone(),
                 done: Vec::new(),
+                started: Vec::new(),
                 event: json,
             }),
             &mut record,
@@ -311,6 +334,7 @@ impl Queue {
             accepted_ms,
             route,
             done: Vec::new(),
+            started: Vec::new(),
             event,
         };
         let (tx, rx) = oneshot::channel();
@@ -505,6 +529,7 @@ fn restore(shared: &Arc<Shared>, put: Put) {
         accepted_ms: put.accepted_ms,
         route: put.route,
         done: put.done,
+        started: put.started,
         event,
     };
     shared.hand_off(entry);

@@ -16,6 +16,9 @@ pub enum Record {
     Put(Put),
     /// Route `route` of entry `seq` is finished: delivered, or in the dead letters.
     Ack { seq: u64, route: String },
+    /// An attempt along route `route` of entry `seq` starts, for an actor that must not run a
+    /// delivery twice (`interrupted: dead_letter`): after a crash, it is dead-lettered instead.
+    Started { seq: u64, route: String },
     /// Entry `seq` is finished: every route it took is.
     Done { seq: u64 },
     /// The latest checkpoint of a polled source.
@@ -38,6 +41,8 @@ pub struct Put {
     pub route: Option<String>,
     /// Routes already finished.
     pub done: Vec<String>,
+    /// Routes with an attempt started and not finished (see [`Record::Started`]).
+    pub started: Vec<String>,
     /// The event as JSON text.
     pub event: Vec<u8>,
 }
@@ -46,6 +51,7 @@ const PUT: u8 = 1;
 const ACK: u8 = 2;
 const DONE: u8 = 3;
 const CHECKPOINT: u8 = 4;
+const STARTED: u8 = 5;
 
 /// Bytes of framing before the kind.
 pub const HEADER: usize = 8;
@@ -62,14 +68,16 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) {
             put_str(out, &p.module);
             put_str(out, p.route.as_deref().unwrap_or(""));
             out.push(p.route.is_some() as u8);
-            out.extend_from_slice(&(p.done.len() as u32).to_le_bytes());
-            for r in &p.done {
-                put_str(out, r);
-            }
+            put_list(out, &p.done);
+            put_list(out, &p.started);
             out.extend_from_slice(&p.event);
         }
-        Record::Ack { seq, route } => {
-            out.push(ACK);
+        Record::Ack { seq, route } | Record::Started { seq, route } => {
+            out.push(if matches!(record, Record::Ack { .. }) {
+                ACK
+            } else {
+                STARTED
+            });
             out.extend_from_slice(&seq.to_le_bytes());
             put_str(out, route);
         }
@@ -92,6 +100,13 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) {
     let (len, crc) = (body.len() as u32, crc32fast::hash(body));
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn put_list(out: &mut Vec<u8>, items: &[String]) {
+    out.extend_from_slice(&(items.len() as u32).to_le_bytes());
+    for s in items {
+        put_str(out, s);
+    }
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -127,19 +142,23 @@ pub fn decode(buf: &[u8]) -> Result<(Record, usize), Unreadable> {
             let module = r.string()?;
             let route = r.string()?;
             let route = (r.byte()? == 1).then_some(route);
-            let done = (0..r.u32()?)
-                .map(|_| r.string())
-                .collect::<Result<_, _>>()?;
+            let done = r.list()?;
+            let started = r.list()?;
             Record::Put(Put {
                 seq,
                 accepted_ms,
                 module,
                 route,
                 done,
+                started,
                 event: r.0.to_vec(),
             })
         }
         ACK => Record::Ack {
+            seq: r.u64()?,
+            route: r.string()?,
+        },
+        STARTED => Record::Started {
             seq: r.u64()?,
             route: r.string()?,
         },
@@ -182,6 +201,10 @@ impl<'a> Reader<'a> {
         ))
     }
 
+    fn list(&mut self) -> Result<Vec<String>, Unreadable> {
+        (0..self.u32()?).map(|_| self.string()).collect()
+    }
+
     fn string(&mut self) -> Result<String, Unreadable> {
         let n = self.u32()? as usize;
         String::from_utf8(self.take(n)?.to_vec()).map_err(|_| Unreadable::Corrupt)
@@ -199,6 +222,7 @@ mod tests {
             module: "m".into(),
             route: Some("r".into()),
             done: vec!["a".into(), "b".into()],
+            started: vec!["c".into()],
             event: br#"{"id":"evt_1"}"#.to_vec(),
         })
     }
@@ -210,6 +234,10 @@ mod tests {
             Record::Ack {
                 seq: 7,
                 route: "r".into(),
+            },
+            Record::Started {
+                seq: 7,
+                route: "c".into(),
             },
             Record::Done { seq: 7 },
             Record::Checkpoint {
