@@ -61,6 +61,10 @@
 //!   Answers a [`Verdict`].
 //! - [`Actor`]: asynchronous; receives a [`Delivery`] (event, route config, SOP prompt) and a
 //!   [`Cancel`] signal; may [`emit`](Host::emit) events back (for example `actor.stopped`).
+//!   Delivery is at least once: the daemon retries a failed delivery with backoff unless the
+//!   error is [`PluginError::permanent`] (a [`PluginError::with_retry_after`] sets the least
+//!   wait), so a delivery can arrive more than once; [`Delivery::idempotency_key`] is the same on
+//!   every attempt, for the receiver to drop repeats.
 //! - [`Source`]: asynchronous; polled with an opaque checkpoint, returns [`Polled`] events.
 //! - [`Host`]: the daemon's services lent to each object: log, time, sleep, emit, HTTP.
 //! - [`export_plugin!`]: generates the binary interface. Every entry point catches panics: a

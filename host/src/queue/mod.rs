@@ -108,6 +108,14 @@ impl Ticket {
     /// Route `route` is finished (delivered or dead-lettered): not delivered again after a
     /// restart.
     pub fn ack(&self, route: &str) {
+        // The last delivery of a dispatched entry: its `Done` follows when this ticket drops, and
+        // says as much (no ticket is cloned after dispatch).
+        let last = Arc::strong_count(&self.0) == 1
+            && self.0.dispatched.load(Ordering::Acquire)
+            && !self.0.abandoned.load(Ordering::Acquire);
+        if last {
+            return;
+        }
         if let Some(q) = self.0.queue.upgrade() {
             q.send(Op::Ack {
                 seq: self.0.seq,

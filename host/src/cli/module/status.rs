@@ -37,6 +37,33 @@ pub fn run(client: &Client, args: &StatusArgs) -> u8 {
         "  generation {}: {} routes, {} sources, {} actors, {} transforms, {} deliveries in flight",
         g["number"], g["routes"], g["sources"], g["actors"], g["transforms"], g["inflight"]
     );
+    let q = &m["queue"];
+    if !q.is_null() {
+        println!(
+            "  queue: {} unfinished (events and deliveries; {} of {} bytes){}",
+            q["entries"],
+            q["bytes"],
+            q["max_bytes"],
+            match q["oldest_ms"].as_u64() {
+                Some(ms) => format!(", oldest waiting {:.1} s", ms as f64 / 1000.0),
+                None => String::new(),
+            }
+        );
+    }
+    for (id, a) in m["actors"].as_object().into_iter().flatten() {
+        println!(
+            "  actor {id}: {} in flight, {} waiting, {} retrying, {} dead letters{}",
+            a["inflight"],
+            a["waiting"],
+            a["retrying"],
+            a["dead"],
+            if a["failing"] == true {
+                " (failing: one probe at a time)"
+            } else {
+                ""
+            }
+        );
+    }
     for p in g["plugins"].as_array().into_iter().flatten() {
         println!(
             "  plugin {} {}",
