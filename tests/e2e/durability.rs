@@ -88,6 +88,18 @@ fn dead_letters(daemon: &Daemon) -> Vec<Value> {
     list.as_array().cloned().unwrap()
 }
 
+/// Waits until there are at least `n` dead letters; returns them all.
+fn wait_dead_letters(daemon: &Daemon, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let letters = dead_letters(daemon);
+        if letters.len() >= n || Instant::now() > deadline {
+            return letters;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn events_accepted_during_a_sink_outage_arrive_once_it_recovers() {
     let s = setup("durable_outage");
@@ -180,14 +192,7 @@ fn a_client_error_dead_letters_at_once_and_replay_delivers_it() {
     let daemon = s.start();
     s.sink.respond_with(400);
     post_all(&daemon, [7]);
-    let deadline = Instant::now() + WAIT;
-    let letters = loop {
-        let l = dead_letters(&daemon);
-        if !l.is_empty() || Instant::now() > deadline {
-            break l;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let letters = wait_dead_letters(&daemon, 1);
     assert_eq!(letters.len(), 1, "{letters:#?}");
     let d = &letters[0];
     assert_eq!(
@@ -202,24 +207,11 @@ fn a_client_error_dead_letters_at_once_and_replay_delivers_it() {
     assert_contains(&daemon.log(), "deliver.dead");
 
     let id = d["id"].as_str().unwrap();
-    let shown = daemon.cli(&["dlq", "show", id]);
-    assert_contains(
-        &String::from_utf8_lossy(&shown.stdout),
-        "failed permanently",
-    );
+    assert_contains(&daemon.cli_ok(&["dlq", "show", id]), "failed permanently");
 
     s.sink.respond_with(200);
-    let out = daemon.cli(&["dlq", "replay", "--all", "--module", "m"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_contains(
-        &String::from_utf8_lossy(&out.stdout),
-        "replayed 1 dead letter",
-    );
+    let out = daemon.cli_ok(&["dlq", "replay", "--all", "--module", "m"]);
+    assert_contains(&out, "replayed 1 dead letter");
     s.sink.wait_delivered(&[7]);
     assert!(dead_letters(&daemon).is_empty());
     let keys: Vec<String> = s
@@ -241,9 +233,8 @@ fn a_client_error_dead_letters_at_once_and_replay_delivers_it() {
     daemon.wait_status("m", "the second dead letter", |st| {
         st["actors"]["out"]["dead"] == 1
     });
-    let out = daemon.cli(&["dlq", "purge", "--all"]);
     assert_contains(
-        &String::from_utf8_lossy(&out.stdout),
+        &daemon.cli_ok(&["dlq", "purge", "--all"]),
         "purged 1 dead letter",
     );
     assert!(dead_letters(&daemon).is_empty());
@@ -319,14 +310,7 @@ fn a_reload_in_a_retry_storm_loses_nothing_and_dead_letters_removed_routes() {
 
     let counts = sink.wait_delivered(&accepted);
     assert_eq!(counts.len(), 30);
-    let deadline = Instant::now() + WAIT;
-    let letters = loop {
-        let l = dead_letters(&daemon);
-        if l.len() >= 30 || Instant::now() > deadline {
-            break l;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let letters = wait_dead_letters(&daemon, 30);
     let mut dead_ns: Vec<u64> = letters
         .iter()
         .map(|d| {
@@ -425,14 +409,7 @@ fn an_interrupted_session_can_go_to_the_dead_letters_instead_of_running_twice() 
     daemon.wait_log("session ses_");
     daemon.kill();
     let daemon = start();
-    let deadline = Instant::now() + WAIT;
-    let letters = loop {
-        let l = dead_letters(&daemon);
-        if l.len() >= 2 || Instant::now() > deadline {
-            break l;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let letters = wait_dead_letters(&daemon, 2);
     let crashed: Vec<&Value> = letters
         .iter()
         .filter(|d| d["event"]["payload"]["n"] == 2)

@@ -380,6 +380,19 @@ impl Daemon {
         orgloop(&all, &self.env)
     }
 
+    /// Runs a CLI command that must succeed; returns what it printed on stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?} failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
     /// Runs a CLI command that prints JSON; returns its exit code and the JSON.
     pub fn cli_json(&self, args: &[&str]) -> (i32, Value) {
         let out = self.cli(args);
