@@ -161,8 +161,17 @@ impl Daemon {
 
     /// The last lines the daemon printed.
     pub fn tail(&self) -> String {
+        self.last_lines(TAIL).join("\n")
+    }
+
+    /// The last `n` lines the daemon printed (at most the [`TAIL`] kept), oldest first.
+    pub fn last_lines(&self, n: usize) -> Vec<String> {
         let l = self.log.0.lock().unwrap_or_else(|e| e.into_inner());
-        l.tail.iter().cloned().collect::<Vec<_>>().join("\n")
+        l.tail
+            .iter()
+            .skip(l.tail.len().saturating_sub(n))
+            .cloned()
+            .collect()
     }
 
     /// How the daemon ended, if it did (a crash under load is a result too).
@@ -171,6 +180,13 @@ impl Daemon {
             Ok(Some(status)) => Some(status.to_string()),
             _ => None,
         }
+    }
+
+    /// SIGKILL, and waits for the exit: a crash, with no drain and no cleanup (the next start
+    /// with the same home removes the dead run's plugin copies).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Sends SIGTERM and waits (up to 15 s, then SIGKILL) for the exit.

@@ -1,6 +1,6 @@
 //! `orgloop-load`: end-to-end load benchmarks of the real `orgloop` daemon (release build) over
 //! real HTTP on 127.0.0.1 — the harness's own ceiling, throughput and latency, reload under load,
-//! startup and idle memory. See BENCHMARKS.md at the repository root for how to read the numbers.
+//! startup and idle memory, recovery after a crash. See BENCHMARKS.md at the repository root for how to read the numbers.
 //!
 //! Every run is bounded in events and in time and stops by itself.
 
@@ -9,12 +9,15 @@ mod artifacts;
 mod clock;
 mod control;
 mod daemon;
+mod disk;
 mod generator;
 mod machine;
 mod module;
 mod procfs;
+mod recovery;
 mod reload;
 mod report;
+mod sampler;
 mod sink;
 mod startup;
 mod stats;
@@ -56,6 +59,8 @@ enum Command {
     Reload(ReloadArgs),
     /// Spawn → first 202, and idle memory, with the quickstart module.
     Startup(StartupArgs),
+    /// Events stored while the sink is down, SIGKILL, restart: is every accepted event delivered?
+    Recovery(RecoveryArgs),
 }
 
 /// How much load, for how long.
@@ -181,6 +186,29 @@ pub struct StartupArgs {
     pub idle: f64,
 }
 
+#[derive(Args, Clone)]
+pub struct RecoveryArgs {
+    /// Events to send while the sink answers 503 (all of them wait in the store at the kill).
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub events: u64,
+    /// Closed loop: this many senders, each waiting for its answer before sending again.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Stop sending after this many seconds, however many events were sent.
+    #[arg(long, default_value_t = 300.0, value_parser = seconds)]
+    pub send_for: f64,
+    /// Seconds between the last answer and the kill (the store's size is read just before it).
+    #[arg(long, default_value_t = 1.0, value_parser = seconds)]
+    pub settle: f64,
+    /// Seconds from the restart's spawn to wait for every accepted event to be delivered.
+    #[arg(long, default_value_t = 120.0, value_parser = seconds)]
+    pub timeout: f64,
+    /// Extra environment for both daemons, KEY=VALUE (repeatable): ORGLOOP_DURABILITY=memory
+    /// shows what the same crash costs without the store.
+    #[arg(long, value_parser = key_value)]
+    pub daemon_env: Vec<(String, String)>,
+}
+
 fn key_value(s: &str) -> Result<(String, String), String> {
     let (k, v) = s.split_once('=').ok_or("expected KEY=VALUE")?;
     Ok((k.to_owned(), v.to_owned()))
@@ -227,6 +255,7 @@ fn main() -> ExitCode {
             }
             Command::Reload(a) => reload::run(a, &artifacts, cli.rebuild, &out).await,
             Command::Startup(a) => startup::run(a, &artifacts, cli.rebuild, &out).await,
+            Command::Recovery(a) => recovery::run(a, &artifacts, cli.rebuild, &out).await,
         }
     });
     let busy_after = machine::busy_processes();

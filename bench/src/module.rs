@@ -13,15 +13,24 @@ pub const NAME: &str = "loadbench";
 /// The webhook source id.
 pub const SOURCE: &str = "load";
 
-/// Writes the module into `dir` with `filters` and `http` copied from the given builds.
-pub fn write(dir: &Path, sink_url: &str, filters: &Path, http: &Path) -> Result<(), String> {
+/// Writes the module into `dir` with `filters` and `http` copied from the given builds, and
+/// `defaults.max_queue_bytes` set when given (the daemon's default, 256 MiB, holds some 800 000
+/// of this tool's events waiting; the recovery benchmark may keep more waiting than that).
+pub fn write(
+    dir: &Path,
+    sink_url: &str,
+    filters: &Path,
+    http: &Path,
+    max_queue_bytes: Option<u64>,
+) -> Result<(), String> {
     install(dir, "filters", filters)?;
     install(dir, "http", http)?;
+    let limit = max_queue_bytes.map_or(String::new(), |b| format!("  max_queue_bytes: {b}\n"));
     let files = [
         (
             "orgloop.yaml",
             format!(
-                "apiVersion: orgloop/v1alpha1\nkind: Project\nmetadata:\n  name: {NAME}\ndefaults:\n  drain_timeout: 30s\nplugins:\n  - {{name: filters, path: plugins/libfilters.so}}\n  - {{name: http, path: plugins/libhttp.so}}\nconnectors: [connectors/load.yaml]\ntransforms: [transforms/filter.yaml]\n"
+                "apiVersion: orgloop/v1alpha1\nkind: Project\nmetadata:\n  name: {NAME}\ndefaults:\n  drain_timeout: 30s\n{limit}plugins:\n  - {{name: filters, path: plugins/libfilters.so}}\n  - {{name: http, path: plugins/libhttp.so}}\nconnectors: [connectors/load.yaml]\ntransforms: [transforms/filter.yaml]\n"
             ),
         ),
         (

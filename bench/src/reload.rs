@@ -66,7 +66,13 @@ pub async fn run(
     let sink = Sink::start().await?;
     let dir = scratch.0.join("module");
     let home = scratch.0.join("home");
-    module::write(&dir, &sink.hook_url(), &artifacts.plugin("filters"), &v1)?;
+    module::write(
+        &dir,
+        &sink.hook_url(),
+        &artifacts.plugin("filters"),
+        &v1,
+        None,
+    )?;
     let mut daemon =
         tokio::task::block_in_place(|| Daemon::start(&artifacts.orgloop(), &[&dir], &home, &[]))?;
     let control = Control::new(daemon.port, &daemon.token()?);

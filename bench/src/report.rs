@@ -48,6 +48,17 @@ pub fn mb(kb: u64) -> String {
     format!("{:.1} MB", kb as f64 / 1024.0)
 }
 
+/// Bytes shown as MB, or as KB or bytes when smaller (an empty data directory holds a few bytes).
+pub fn size(bytes: u64) -> String {
+    if bytes < 1 << 10 {
+        format!("{bytes} B")
+    } else if bytes < 1 << 20 {
+        format!("{:.1} KB", bytes as f64 / 1024.0)
+    } else {
+        mb(bytes / 1024)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -55,5 +66,12 @@ mod tests {
         assert_eq!(super::thousands(1234567.0), "1 234 567");
         assert_eq!(super::thousands(999.4), "999");
         assert_eq!(super::thousands(0.0), "0");
+    }
+
+    #[test]
+    fn size() {
+        assert_eq!(super::size(13), "13 B");
+        assert_eq!(super::size(2048), "2.0 KB");
+        assert_eq!(super::size(3 << 20), "3.0 MB");
     }
 }

@@ -1,7 +1,6 @@
 //! `ceiling` and `throughput`: the same generator and sink, once talking to each other directly
 //! (the most this harness can measure on this machine), once through the daemon.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,10 +9,12 @@ use serde_json::{json, Value};
 use crate::analysis::{analyze, Analysis};
 use crate::artifacts::Artifacts;
 use crate::daemon::Daemon;
+use crate::disk::{data_dir, dir_bytes};
 use crate::generator::{self, Load, Plan};
 use crate::module::{self, Scratch, SOURCE};
 use crate::procfs::{rss_kb, CpuMeter};
-use crate::report::{mb, thousands, Out};
+use crate::report::{mb, size, thousands, Out};
+use crate::sampler::Sampler;
 use crate::sink::Sink;
 use crate::{LoadArgs, ThroughputArgs};
 
@@ -92,20 +93,21 @@ pub async fn throughput(
     let scratch = Scratch::new("throughput")?;
     let sink = Arc::new(Sink::start().await?);
     let dir = scratch.0.join("module");
+    let home = scratch.0.join("home");
     module::write(
         &dir,
         &sink.hook_url(),
         &artifacts.plugin("filters"),
         &artifacts.plugin("http"),
+        None,
     )?;
     let env: Vec<(&str, String)> = args
         .daemon_env
         .iter()
         .map(|(k, v)| (k.as_str(), v.clone()))
         .collect();
-    let mut daemon = tokio::task::block_in_place(|| {
-        Daemon::start(&artifacts.orgloop(), &[&dir], &scratch.0.join("home"), &env)
-    })?;
+    let mut daemon =
+        tokio::task::block_in_place(|| Daemon::start(&artifacts.orgloop(), &[&dir], &home, &env))?;
     out.line(format!(
         "daemon: {}, pid {}, port {}",
         artifacts.built_at(),
@@ -128,19 +130,20 @@ pub async fn throughput(
         l.duration
     ));
     let rss_start = rss_kb(daemon.pid).unwrap_or(0);
-
-    let rss_peak = Arc::new(AtomicU64::new(rss_start));
-    let sampling = Arc::new(AtomicBool::new(true));
-    let sampler = tokio::spawn({
-        let (peak, on, pid) = (rss_peak.clone(), sampling.clone(), daemon.pid);
-        async move {
-            while on.load(Ordering::Relaxed) {
-                if let Some(kb) = rss_kb(pid) {
-                    peak.fetch_max(kb, Ordering::Relaxed);
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
+    // Both samplers stop when the run does; their caps only back up the run's own bounds
+    // (sending, up to 15 s for the last answers, the grace) with a minute to spare.
+    let run_secs = l.duration + 15.0 + l.grace + 60.0;
+    let pid = daemon.pid;
+    let rss = Sampler::start(
+        Duration::from_millis(100),
+        (run_secs * 10.0) as usize,
+        move || rss_kb(pid),
+    );
+    // Disk use once a second: with durable delivery every accepted event is written to the
+    // data directory; these samples show whether compaction keeps it flat over a long run.
+    let data = data_dir(&home);
+    let disk = Sampler::start(Duration::from_secs(1), run_secs as usize, move || {
+        Some(dir_bytes(&data))
     });
     let outage = args.sink_outage_at.map(|at| {
         let (sink, length) = (sink.clone(), Duration::from_secs_f64(args.sink_outage_for));
@@ -179,19 +182,17 @@ pub async fn throughput(
         o.abort();
         sink.set_down(false);
     }
-    sampling.store(false, Ordering::Relaxed);
-    let _ = sampler.await;
+    let rss_peak = rss.finish().await.max().max(rss_start);
+    let disk = disk.finish().await;
     let rss_end = rss_kb(daemon.pid).unwrap_or(0);
     let warnings = daemon.warnings();
     let crashed = daemon.exited();
     if let Some(status) = &crashed {
         std::thread::sleep(Duration::from_millis(200)); // let the log readers catch up
-        let tail = daemon.tail();
-        let lines: Vec<&str> = tail.lines().collect();
         out.line(format!(
             "  THE DAEMON EXITED DURING THE RUN ({status}); its last lines:"
         ));
-        for l in &lines[lines.len().saturating_sub(15)..] {
+        for l in daemon.last_lines(15) {
             out.line(format!("    {l}"));
         }
     }
@@ -204,8 +205,20 @@ pub async fn throughput(
     out.line(format!(
         "  cpu: daemon {daemon_cores:.2} cores, tool {tool_cores:.2} cores   daemon rss: start {}, peak {}, end {}   daemon warnings: {warnings}",
         mb(rss_start),
-        mb(rss_peak.load(Ordering::Relaxed)),
+        mb(rss_peak),
         mb(rss_end)
+    ));
+    out.line(format!(
+        "  data dir on disk, every {} s: min {}, max {}, last {}   over the run: {}",
+        disk.every.as_secs(),
+        size(disk.min()),
+        size(disk.max()),
+        size(disk.last()),
+        disk.spread(12)
+            .into_iter()
+            .map(size)
+            .collect::<Vec<_>>()
+            .join(", ")
     ));
     let mut result = json!({
         "benchmark": "throughput",
@@ -214,7 +227,8 @@ pub async fn throughput(
         "result": a.to_json(),
         "daemon_cores": daemon_cores,
         "tool_cores": tool_cores,
-        "daemon_rss_kb": {"start": rss_start, "peak": rss_peak.load(Ordering::Relaxed), "end": rss_end},
+        "daemon_rss_kb": {"start": rss_start, "peak": rss_peak, "end": rss_end},
+        "data_dir_bytes": disk.to_json("bytes"),
         "daemon_warnings": warnings,
         "daemon_exited": crashed,
         "daemon_env": args.daemon_env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),

@@ -249,7 +249,7 @@ fn a_full_queue_answers_503_and_keeps_what_it_accepted() {
         &module,
         "m",
         &sink,
-        "defaults: {max_queue_bytes: 4000}\n",
+        "defaults: {max_queue_bytes: 12000}\n",
         ("", ""),
     );
     let daemon = Daemon::start(&[&module], &base_env(&dir.join("home")));

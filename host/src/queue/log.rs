@@ -8,8 +8,8 @@
 //! actor's emitted event is stored before the acknowledgement of the delivery that emitted it).
 //!
 //! Compaction keeps disk use proportional to what is still waiting: segments are deleted oldest
-//! first once nothing in them is live; an old segment that is mostly finished has its few live
-//! entries (and latest checkpoints) written again at the head, and is then deleted. Deleting
+//! first once nothing in them is live; an old segment that is more than 90% finished has its few
+//! live entries (and latest checkpoints) written again at the head, and is then deleted. Deleting
 //! oldest first keeps every acknowledgement that a live entry still needs.
 
 use std::collections::{BTreeMap, HashMap};
@@ -450,8 +450,10 @@ impl Writer {
                 .map(|(k, _)| k.clone())
                 .collect();
             if s.live > 0 || !pinned_checkpoints.is_empty() {
-                // Mostly live: leave it; it empties by itself as its entries finish.
-                if s.live_bytes * 2 > s.len {
+                // Still in use: leave it, it empties by itself as its entries finish. Only a few
+                // stragglers (entries retrying for hours, a checkpoint) are moved forward, so that
+                // they do not hold every newer segment on disk.
+                if s.live_bytes * 10 > s.len {
                     break;
                 }
                 self.rewrite(oldest, pinned_checkpoints)?;

@@ -8,8 +8,9 @@
 //!   acknowledges its route; when the last delivery of a dispatched entry is gone, the entry is
 //!   done and compaction may reclaim it. An entry that was never dispatched, or whose deliveries
 //!   were abandoned at shutdown, stays stored and is dispatched again at the next start.
-//! - The queue is bounded: by bytes per module and in total. What does not fit is refused, so a
-//!   webhook answers `503` instead of accepting what nothing can store.
+//! - The queue is bounded: by bytes per module and in total, counting each entry's stored size
+//!   plus what it holds in memory ([`RESIDENT`]). What does not fit is refused, so a webhook
+//!   answers `503` instead of accepting what nothing can store.
 //! - Entries of a module that is not loaded wait ("parked") until it is.
 //!
 //! [`dead`] holds the dead letters; [`record`] is the log's format.
@@ -335,7 +336,7 @@ impl Queue {
             }),
             &mut record,
         );
-        let bytes = record.len() as u64;
+        let bytes = record.len() as u64 + RESIDENT;
         self.reserve(module, seq, accepted_ms, bytes)?;
         let entry = Entry {
             ticket: self.ticket(seq, module, bytes),
@@ -514,9 +515,14 @@ fn new_ticket(shared: &Arc<Shared>, seq: u64, module: &str, bytes: u64) -> Ticke
     }))
 }
 
+/// What an unfinished entry costs in memory beyond its stored size, as the limits count it: its
+/// event, its ticket and the task of each of its deliveries (measured: about 2.6 KB in all for a
+/// small event waiting on a failing actor; BENCHMARKS.md).
+const RESIDENT: u64 = 2048;
+
 /// Parks an entry read back at startup, counted against the limits like any other.
 fn restore(shared: &Arc<Shared>, put: Put) {
-    let bytes = (put.event.len() + record::HEADER + 64) as u64;
+    let bytes = (put.event.len() + record::HEADER + 64) as u64 + RESIDENT;
     let event = match Event::parse(&put.event) {
         Ok(e) => e,
         Err(e) => {
