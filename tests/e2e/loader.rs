@@ -76,6 +76,11 @@ fn two_builds_of_one_plugin_run_side_by_side_and_the_old_one_unloads() {
         "the transform still holds the old library"
     );
     drop(t1);
+    // Closed a moment after its last user let go (no plugin code may still be on a stack).
+    let deadline = std::time::Instant::now() + WAIT;
+    while report.lock().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     assert_eq!(*report.lock().unwrap(), Some(UnloadReport::Unloaded));
     assert!(
         !is_mapped(&old_path),

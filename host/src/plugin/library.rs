@@ -17,12 +17,14 @@ use abi_stable::std_types::{RNone, RResult, RSome, RStr, RString};
 use orgloop_plugin_sdk::abi::*;
 use orgloop_plugin_sdk::{Event, Manifest, Outcome, Polled, SymbolKind, TransformCtx, Verdict};
 
+use super::close::{close_later, Closing};
 use super::store::{Lease, Stored};
-use super::verify::{verify_unloaded, UnloadReport};
+use super::verify::UnloadReport;
 
 type UnloadHook = Box<dyn FnOnce(&UnloadReport) + Send>;
 
-/// A loaded plugin library. Dropping the last `Arc` closes it and verifies the unload.
+/// A loaded plugin library. Dropping the last `Arc` closes it (a moment later, see
+/// [`super::close`]) and verifies the unload.
 pub struct Library {
     root: PluginRootRef,
     manifest: Manifest,
@@ -175,26 +177,20 @@ impl Library {
 }
 
 impl Drop for Library {
+    /// Hands the handle to the closer, which unmaps it a moment later (see [`super::close`]).
     fn drop(&mut self) {
-        drop(self.raw.take()); // dlclose
-        let report = verify_unloaded(&self.path);
-        match &report {
-            UnloadReport::Unloaded => {
-                tracing::info!(plugin = %self.manifest.name, version = %self.manifest.version, hash = %short(&self.hash), "plugin library unloaded")
-            }
-            UnloadReport::Pinned { reason } => {
-                tracing::warn!(plugin = %self.manifest.name, version = %self.manifest.version, hash = %short(&self.hash), "plugin library pinned: {reason}")
-            }
-        }
-        for hook in self
-            .on_unload
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-        {
-            hook(&report);
-        }
-        drop(self.lease.take()); // deletes the private copy when no one else uses it
+        let (Some(raw), Some(lease)) = (self.raw.take(), self.lease.take()) else {
+            return;
+        };
+        close_later(Closing {
+            raw,
+            path: self.path.clone(),
+            plugin: self.manifest.name.clone(),
+            version: self.manifest.version.clone(),
+            hash: short(&self.hash).to_owned(),
+            hooks: std::mem::take(self.on_unload.get_mut().unwrap_or_else(|e| e.into_inner())),
+            lease,
+        });
     }
 }
 

@@ -83,14 +83,23 @@ impl Loader {
 
     /// Copies `source` into the store for `module` and opens the copy.
     pub fn load(&self, module: &str, source: &Path) -> Result<Arc<Library>, PluginLoadError> {
-        let stored = self
-            .store
-            .import(module, source)
-            .map_err(|e| PluginLoadError::Io(e.to_string()))?;
+        let import = |own_copy| {
+            self.store
+                .import(module, source, own_copy)
+                .map_err(|e| PluginLoadError::Io(e.to_string()))
+        };
+        let stored = import(false)?;
         let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(lib) = loaded.get(&stored.path).and_then(Weak::upgrade) {
             return Ok(lib);
         }
+        // Leased by a library no one uses any more: it is being closed (see `super::close`).
+        let stored = if self.store.leases(&stored.path) > 1 {
+            drop(stored);
+            import(true)?
+        } else {
+            stored
+        };
         loaded.retain(|_, w| w.strong_count() > 0);
         let (raw, root, manifest) = open(&stored.path)?;
         let lib = Arc::new(Library::new(

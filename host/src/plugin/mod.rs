@@ -1,7 +1,9 @@
 //! Plugin libraries: private copies ([`store`]), opening and checking them ([`load`]), the loaded
 //! library and its objects ([`library`]), what the host lends them ([`services`],
-//! [`http_client`]), and checking that a closed library is gone ([`verify`]).
+//! [`http_client`]), closing a library once nothing runs in it ([`close`]) and checking that it
+//! is gone ([`verify`]).
 
+pub mod close;
 pub mod http_client;
 pub mod library;
 pub mod load;

@@ -18,6 +18,8 @@ use sha2::{Digest, Sha256};
 pub struct PluginStore {
     root: PathBuf,
     leases: Arc<Mutex<HashMap<PathBuf, usize>>>,
+    /// Numbers the copies made with `own_copy`.
+    copies: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A copy in use. Dropping the last lease of a path deletes the file.
@@ -39,17 +41,27 @@ impl PluginStore {
         PluginStore {
             root,
             leases: Default::default(),
+            copies: Default::default(),
         }
     }
 
-    /// Copies `source` into the store (unless an identical copy is there) and leases it.
-    pub fn import(&self, module: &str, source: &Path) -> std::io::Result<Stored> {
+    /// Copies `source` into the store (unless an identical copy is there) and leases it. With
+    /// `own_copy`, the copy gets a path of its own even when an identical one exists (one that is
+    /// being closed must not be mapped again: `dlopen` would hand back the closing image).
+    pub fn import(&self, module: &str, source: &Path, own_copy: bool) -> std::io::Result<Stored> {
         let bytes = std::fs::read(source)?;
         check_complete(&bytes)?;
         let hash = hex(&Sha256::digest(&bytes));
         let dir = self.root.join(module);
         std::fs::create_dir_all(&dir)?;
-        let path = dir.join(format!("{hash}.so"));
+        let path = if own_copy {
+            let n = self
+                .copies
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            dir.join(format!("{hash}.{n}.so"))
+        } else {
+            dir.join(format!("{hash}.so"))
+        };
         let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
         if !path.exists() {
             // Write beside, then rename: a reader never sees a half-written copy.
@@ -68,6 +80,12 @@ impl PluginStore {
                 leases: self.leases.clone(),
             },
         })
+    }
+
+    /// How many libraries hold a lease on `path`.
+    pub fn leases(&self, path: &Path) -> usize {
+        let leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        leases.get(path).copied().unwrap_or(0)
     }
 
     /// Removes the whole store (at daemon exit).
@@ -138,11 +156,11 @@ mod tests {
         std::fs::create_dir_all(&tmp).unwrap();
         let src = tmp.join("lib.so");
         std::fs::write(&src, elf(b"one")).unwrap();
-        let a = store.import("m", &src).unwrap();
-        let b = store.import("m", &src).unwrap();
+        let a = store.import("m", &src, false).unwrap();
+        let b = store.import("m", &src, false).unwrap();
         assert_eq!(a.path, b.path);
         std::fs::write(&src, elf(b"two")).unwrap();
-        let c = store.import("m", &src).unwrap();
+        let c = store.import("m", &src, false).unwrap();
         assert_ne!(a.hash, c.hash);
         drop(a);
         assert!(b.path.exists());
@@ -152,6 +170,14 @@ mod tests {
             .with_file_name(format!("{}.so", sha_of(b"one")))
             .exists());
         assert!(c.path.exists());
+        // An own copy of the same content, for a build whose shared copy is being closed.
+        let own = store.import("m", &src, true).unwrap();
+        assert_eq!(
+            (own.hash.as_str(), store.leases(&c.path)),
+            (c.hash.as_str(), 1)
+        );
+        assert_ne!(own.path, c.path);
+        drop(own);
         drop(c);
         store.remove_all();
         let _ = std::fs::remove_dir_all(&tmp);
