@@ -9,7 +9,7 @@
 //!   done and compaction may reclaim it. An entry that was never dispatched, or whose deliveries
 //!   were abandoned at shutdown, stays stored and is dispatched again at the next start.
 //! - The queue is bounded: by bytes per module and in total, counting each entry's stored size
-//!   plus what it holds in memory ([`RESIDENT`]). What does not fit is refused, so a webhook
+//!   plus what it holds in memory (`RESIDENT`). What does not fit is refused, so a webhook
 //!   answers `503` instead of accepting what nothing can store.
 //! - Entries of a module that is not loaded wait ("parked") until it is.
 //!
