@@ -238,3 +238,162 @@ fn a_bad_module_is_refused_while_the_good_one_serves() {
     let log = only_bad.err().expect("a daemon with no valid module exits");
     assert_contains(&log, "exit status: 2");
 }
+
+/// Ten aliases of the level below, nine levels deep: 10^9 values from 11 lines.
+fn alias_bomb() -> String {
+    let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..10 {
+        let refs = vec![format!("*a{}", i - 1); 10].join(", ");
+        text.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
+    }
+    text
+}
+
+#[test]
+fn an_alias_bomb_and_an_oversized_file_are_config_errors() {
+    assert_invalid(
+        "bad_input_alias_bomb",
+        &[("routes/bomb.yaml", &alias_bomb())],
+        &["routes/bomb.yaml:5:", "values once aliases are expanded"],
+    );
+    let big = format!("# {}\nA=1\n", "x".repeat(2 << 20));
+    assert_invalid(
+        "bad_input_big_env",
+        &[(".env", &big)],
+        &[".env: cannot read: larger than 1024 KiB"],
+    );
+    let dir = test_dir("bad_input_big_sop");
+    let routes = ROUTES.replace(
+        "    then:\n",
+        "    with: {prompt_file: ../sops/s.md}\n    then:\n",
+    );
+    module(
+        &dir.join("m"),
+        "m",
+        &[("routes/r.yaml", &routes), ("sops/s.md", &big)],
+    );
+    let (code, out) = validate(&dir.join("m"), &dir.join("home"));
+    assert_eq!(code, 2, "{out}");
+    assert_contains(&out, "larger than 1024 KiB");
+}
+
+#[test]
+fn a_reload_with_an_alias_bomb_is_refused_and_the_module_serves_on() {
+    let dir = test_dir("bad_input_bomb_reload");
+    let m = dir.join("m");
+    module(&m, "m", &[]);
+    let daemon = Daemon::start(&[&m], &base_env(&dir.join("home")));
+    write_files(&m, &[("routes/bomb.yaml", &alias_bomb())]);
+    let (code, report) = daemon.cli_json(&["module", "reload", "m", "--json"]);
+    assert_eq!(code, 2, "{report:#}");
+    assert_contains(&report.to_string(), "values once aliases are expanded");
+    assert_eq!(daemon.post("in", &json!({"n": 1})).status, 202);
+    assert_eq!(daemon.module_status("m")["generation"]["number"], 1);
+}
+
+/// A raw connection to the daemon, for clients that misbehave.
+fn connect(daemon: &Daemon) -> std::net::TcpStream {
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", daemon.port)).unwrap();
+    tcp.set_read_timeout(Some(WAIT)).unwrap();
+    tcp
+}
+
+/// Reads until the daemon closes the connection; returns what it sent.
+fn read_to_close(tcp: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    let mut got = Vec::new();
+    match tcp.read_to_end(&mut got) {
+        Ok(_) => String::from_utf8_lossy(&got).into_owned(),
+        Err(e) => panic!("the connection was not closed within {WAIT:?}: {e}"),
+    }
+}
+
+/// A daemon with the bad-input module and `flags` (short limits).
+fn guarded_daemon(test: &str, flags: &[&str]) -> Daemon {
+    let dir = test_dir(test);
+    module(&dir.join("m"), "m", &[]);
+    Daemon::try_start_with(&[&dir.join("m")], flags, &base_env(&dir.join("home")))
+        .unwrap_or_else(|log| panic!("daemon did not start:\n{log}"))
+}
+
+/// Every event accepted so far is delivered: nothing waits, nothing is dead.
+fn all_delivered(daemon: &Daemon) {
+    let status = daemon.wait_status("m", "every accepted event to be delivered", |s| {
+        s["queue"]["entries"] == 0
+    });
+    assert_eq!(status["actors"]["out"]["dead"], 0, "{status:#}");
+}
+
+#[test]
+fn slow_and_idle_clients_are_cut_off_while_others_are_served() {
+    use std::io::Write;
+    let daemon = guarded_daemon(
+        "bad_input_slow_clients",
+        &["--header-timeout", "500ms", "--body-timeout", "500ms"],
+    );
+    // Half a request header, then nothing (slowloris).
+    let mut slow = connect(&daemon);
+    slow.write_all(b"POST /webhook/in HTTP/1.1\r\nhost: x\r\n")
+        .unwrap();
+    // A body announced and trickled.
+    let mut trickle = connect(&daemon);
+    trickle
+        .write_all(b"POST /webhook/in HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"n\":")
+        .unwrap();
+    // A keep-alive connection that goes idle after one request.
+    let mut idle = connect(&daemon);
+    idle.write_all(b"GET /api/status HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+
+    // Meanwhile a well-behaved client is served.
+    assert_eq!(daemon.post("in", &json!({"n": 1})).status, 202);
+
+    assert_eq!(read_to_close(&mut slow), "", "no answer to half a header");
+    assert_contains(&read_to_close(&mut trickle), "HTTP/1.1 408");
+    assert_contains(&read_to_close(&mut idle), "HTTP/1.1 200");
+    assert_eq!(daemon.post("in", &json!({"n": 2})).status, 202);
+    all_delivered(&daemon);
+}
+
+#[test]
+fn connections_beyond_the_cap_get_503_and_the_admitted_ones_are_served() {
+    use std::io::Write;
+    let daemon = guarded_daemon("bad_input_connection_cap", &["--max-connections", "8"]);
+    // The harness's client keeps one connection; seven more fill the cap.
+    assert_eq!(daemon.post("in", &json!({"n": 1})).status, 202);
+    let mut held: Vec<std::net::TcpStream> = (0..7).map(|_| connect(&daemon)).collect();
+    // The admitted connections are not starved: each can still make a request.
+    held[0]
+        .write_all(b"GET /api/status HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    let mut answer = [0u8; 12];
+    std::io::Read::read_exact(&mut held[0], &mut answer).unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 200");
+    let mut extra = connect(&daemon);
+    extra
+        .write_all(b"GET /api/status HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    let refused = read_to_close(&mut extra);
+    assert_contains(&refused, "HTTP/1.1 503");
+    assert_contains(&refused, "retry-after: 1");
+    // The harness's own (admitted) connection goes on working.
+    assert_eq!(daemon.post("in", &json!({"n": 2})).status, 202);
+    held.clear();
+    // Room again once they are gone.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let mut probe = connect(&daemon);
+        probe
+            .write_all(b"GET /api/status HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .unwrap();
+        if read_to_close(&mut probe).starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no room after the connections closed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    all_delivered(&daemon);
+}

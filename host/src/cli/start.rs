@@ -54,6 +54,16 @@ pub struct StartArgs {
     /// 503 (each module also has its own `defaults.max_queue_bytes`).
     #[arg(long, env = "ORGLOOP_MAX_STORE_BYTES", default_value_t = 1 << 30)]
     pub max_store_bytes: u64,
+    /// Close a connection that sends no complete request header for this long: a slow client,
+    /// or an idle keep-alive connection.
+    #[arg(long, env = "ORGLOOP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+    /// Answer 408 to a webhook whose body has not arrived whole after this long.
+    #[arg(long, env = "ORGLOOP_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub body_timeout: Duration,
+    /// Connections served at once; beyond, a new one is answered 503 and closed.
+    #[arg(long, env = "ORGLOOP_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: u64,
 }
 
 pub fn run(args: StartArgs) -> ExitCode {
@@ -194,8 +204,13 @@ async fn daemon(args: StartArgs, listener: TcpListener) -> u8 {
         started,
         port,
         token: Arc::from(token.as_str()),
+        body_timeout: args.body_timeout,
     };
-    let result = server::serve(listener, state, shutdown_signal()).await;
+    let limits = server::Limits {
+        header_timeout: args.header_timeout,
+        max_connections: args.max_connections as usize,
+    };
+    let result = server::serve(listener, state, limits, shutdown_signal()).await;
     tracing::info!(
         "shutting down: waiting up to {:?} for in-flight deliveries",
         args.shutdown_timeout

@@ -57,6 +57,30 @@ impl Env {
     }
 }
 
+/// The largest module file (YAML, `.env`, SOP) the daemon reads: far beyond any real one, and
+/// small enough that a file saved there by mistake (a log, a build) cannot fill its memory.
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// Reads a text file of at most [`MAX_FILE_BYTES`]; a larger one is an error (read no further
+/// than the limit, so a file that keeps growing cannot hold the reader either).
+pub fn read_text(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "larger than {} KiB, the most a module file may hold",
+                MAX_FILE_BYTES / 1024
+            ),
+        ));
+    }
+    Ok(text)
+}
+
 /// Reads `KEY=value` lines; `#` comments, blank lines, `export ` prefixes and surrounding quotes
 /// are handled.
 pub fn parse_dotenv(text: &str) -> HashMap<String, String> {
@@ -88,11 +112,21 @@ pub fn read_module(dir: &Path) -> Result<RawModule, Vec<ConfigError>> {
             format!("cannot open module directory: {e}"),
         )]
     })?;
-    let dotenv = std::fs::read_to_string(dir.join(".env"))
-        .map(|t| parse_dotenv(&t))
-        .unwrap_or_default();
-    let env = Env { dotenv };
     let mut errors = Vec::new();
+    let dotenv = match read_text(&dir.join(".env")) {
+        Ok(text) => parse_dotenv(&text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
+        Err(e) => {
+            errors.push(ConfigError::new(
+                ".env",
+                None,
+                "",
+                format!("cannot read: {e}"),
+            ));
+            HashMap::new()
+        }
+    };
+    let env = Env { dotenv };
 
     let project = parse_file::<raw::Project>(&dir, Path::new("orgloop.yaml"), &env)
         .map_err(|e| vec![e])??;
@@ -231,7 +265,7 @@ fn parse_file<T: DeserializeOwned>(
     rel: &Path,
     env: &Env,
 ) -> Result<Result<Parsed<T>, Vec<ConfigError>>, ConfigError> {
-    let text = std::fs::read_to_string(dir.join(rel))
+    let text = read_text(&dir.join(rel))
         .map_err(|e| ConfigError::new(rel, None, "", format!("cannot read: {e}")))?;
     let doc = yaml::parse(&text, &|name| env.lookup(name))
         .map_err(|e| ConfigError::new(rel, Some(e.pos), "", e.message))?;

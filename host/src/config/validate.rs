@@ -624,6 +624,11 @@ impl Checker<'_> {
                                 &at("with.prompt_file"),
                                 format!("SOP file {} does not exist", path.display()),
                             ));
+                        } else if let Err(e) = super::load::read_text(&path) {
+                            self.errors.push(group.error(
+                                &at("with.prompt_file"),
+                                format!("SOP file {}: {e}", path.display()),
+                            ));
                         }
                         path
                     });

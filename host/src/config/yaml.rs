@@ -58,18 +58,56 @@ pub struct YamlError {
     pub message: String,
 }
 
+/// Most values one file may hold, aliases expanded. Aliases are allowed (upstream's YAML may use
+/// anchors to share a config block), but each one copies its anchor's value: ten aliases nested
+/// nine deep make 10^9 values from 11 lines. A real module file holds a few thousand.
+pub const MAX_VALUES: usize = 100_000;
+
 enum Frame {
     Seq {
         path: String,
         items: Vec<Json>,
         anchor: usize,
+        /// Values counted before this one started (its size is the difference at its end).
+        start: usize,
     },
     Map {
         path: String,
         entries: Map<String, Json>,
         key: Option<String>,
         anchor: usize,
+        start: usize,
     },
+}
+
+/// Counts the values a file produces, aliases expanded, and refuses more than [`MAX_VALUES`].
+#[derive(Default)]
+struct Budget {
+    values: usize,
+    /// Values in each anchored node, by anchor id.
+    anchored: HashMap<usize, usize>,
+}
+
+impl Budget {
+    fn take(&mut self, n: usize, pos: Pos) -> Result<(), YamlError> {
+        self.values = self.values.saturating_add(n);
+        if self.values > MAX_VALUES {
+            return Err(YamlError {
+                pos,
+                message: format!(
+                    "more than {MAX_VALUES} values once aliases are expanded (aliases that nest \
+                     aliases multiply); write the values out, or share less"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn anchor(&mut self, anchor: usize, start: usize) {
+        if anchor > 0 {
+            self.anchored.insert(anchor, self.values - start);
+        }
+    }
 }
 
 /// Parses one YAML document. `lookup` resolves `${VAR}`.
@@ -77,6 +115,7 @@ pub fn parse(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Yaml
     let mut parser = Parser::new_from_str(text);
     let mut stack: Vec<Frame> = Vec::new();
     let mut anchors: HashMap<usize, Json> = HashMap::new();
+    let mut budget = Budget::default();
     let mut doc = YamlDoc::default();
     let mut root: Option<Json> = None;
     loop {
@@ -105,7 +144,9 @@ pub fn parse(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Yaml
                     path: next_path.unwrap_or_default(),
                     items: Vec::new(),
                     anchor,
+                    start: budget.values,
                 });
+                budget.take(1, pos)?;
                 continue;
             }
             Event::MappingStart(anchor, _) => {
@@ -116,23 +157,45 @@ pub fn parse(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Yaml
                     entries: Map::new(),
                     key: None,
                     anchor,
+                    start: budget.values,
                 });
+                budget.take(1, pos)?;
                 continue;
             }
             Event::SequenceEnd | Event::MappingEnd => match stack.pop() {
-                Some(Frame::Seq { items, anchor, .. }) => {
+                Some(Frame::Seq {
+                    items,
+                    anchor,
+                    start,
+                    ..
+                }) => {
+                    budget.anchor(anchor, start);
                     remember(&mut anchors, anchor, Json::Array(items))
                 }
                 Some(Frame::Map {
-                    entries, anchor, ..
-                }) => remember(&mut anchors, anchor, Json::Object(entries)),
+                    entries,
+                    anchor,
+                    start,
+                    ..
+                }) => {
+                    budget.anchor(anchor, start);
+                    remember(&mut anchors, anchor, Json::Object(entries))
+                }
                 None => continue,
             },
-            Event::Alias(id) => anchors.get(&id).cloned().ok_or_else(|| YamlError {
-                pos,
-                message: "alias to an unknown anchor".into(),
-            })?,
+            Event::Alias(id) => {
+                // Counted before it is copied: the copy is what a bomb would make explode.
+                budget.take(budget.anchored.get(&id).copied().unwrap_or(1), pos)?;
+                anchors.get(&id).cloned().ok_or_else(|| YamlError {
+                    pos,
+                    message: "alias to an unknown anchor".into(),
+                })?
+            }
             Event::Scalar(text, style, anchor, _) => {
+                budget.take(1, pos)?;
+                if anchor > 0 {
+                    budget.anchored.insert(anchor, 1);
+                }
                 if let Some(p) = &next_path {
                     doc.positions.entry(p.clone()).or_insert(pos);
                 }
@@ -322,5 +385,24 @@ mod tests {
     fn resolves_anchors_and_aliases() {
         let doc = parse("base: &b {x: 1}\nother: *b\n", &env).unwrap();
         assert_eq!(doc.value["other"], json!({"x": 1}));
+    }
+
+    #[test]
+    fn an_alias_bomb_is_refused_at_the_alias_that_crosses_the_limit() {
+        // Ten aliases of the level below, nine levels: 10^9 values from 11 lines.
+        let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..10 {
+            let refs = vec![format!("*a{}", i - 1); 10].join(", ");
+            text.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
+        }
+        let started = std::time::Instant::now();
+        let e = parse(&text, &env).unwrap_err();
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        assert!(e.message.contains("aliases are expanded"), "{}", e.message);
+        // At the alias on the line that crosses the limit: a4 would hold 111 111 values.
+        assert_eq!(e.pos.line, 5, "{e:?}");
+        // A modest use of aliases is fine.
+        let shared = "base: &b {retry: {initial: 1s}}\na: *b\nb: *b\n";
+        assert!(parse(shared, &env).is_ok());
     }
 }

@@ -28,6 +28,8 @@ pub struct AppState {
     pub port: u16,
     /// The control API's bearer token.
     pub token: Arc<str>,
+    /// How long a webhook's body may take to arrive.
+    pub body_timeout: std::time::Duration,
 }
 
 /// `{"error": message}` with a status, the shape of every error answer.

@@ -4,9 +4,16 @@ use axum::http::StatusCode;
 use axum::middleware;
 use axum::response::Response;
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use super::{api, auth, dlq, error_response, modules, AppState};
 use crate::ingest::webhook;
@@ -74,17 +81,76 @@ async fn not_found() -> Response {
     error_response(StatusCode::NOT_FOUND, "not found")
 }
 
+/// Limits on the connections the server keeps; see [`serve`].
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// A connection that does not send a complete request header within this long is closed: a
+    /// slow client (slowloris), and an idle keep-alive connection, alike.
+    pub header_timeout: Duration,
+    /// Connections served at once; one more is answered `503` and closed.
+    pub max_connections: usize,
+}
+
 /// Serves until `shutdown` completes; then stops accepting and finishes open requests.
+///
+/// Each connection is served by hyper's HTTP/1 server with its header read timeout (hyper starts
+/// it whenever the connection waits for a request head, so it also ends idle keep-alive
+/// connections), and counted against [`Limits::max_connections`]: beyond it a connection gets a
+/// `503` with `Retry-After` at once and is closed, so the ones admitted keep being served and a
+/// flood cannot take every file descriptor. (A webhook's body has its own deadline, see
+/// [`crate::ingest::webhook`].)
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
+    limits: Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = listener.tap_io(|tcp| {
+    let app = router(state);
+    let admitted = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let tcp = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    // Out of file descriptors, or the peer gave up: wait a moment, go on.
+                    tracing::warn!("accepting a connection failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
         // Answers are written whole; Nagle would only hold them back.
         let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+        let Ok(permit) = admitted.clone().try_acquire_owned() else {
+            tokio::spawn(refuse(tcp));
+            continue;
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let connection = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .serve_connection(TokioIo::new(tcp), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// Answers a connection over the limit with `503` and closes it, without reading its request.
+async fn refuse(mut tcp: tokio::net::TcpStream) {
+    const BODY: &str = r#"{"error":"too many connections; try again later"}"#;
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), tcp.write_all(answer.as_bytes())).await;
+    let _ = tcp.shutdown().await;
 }

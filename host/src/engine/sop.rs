@@ -3,11 +3,14 @@
 
 use std::path::Path;
 
-/// The prompt text of `path`, without front matter. `None` when the file cannot be read (the
-/// delivery goes on without a prompt, as upstream, and the failure is logged).
+use crate::config::load::read_text;
+
+/// The prompt text of `path`, without front matter. `None` when the file cannot be read or is
+/// larger than [`MAX_FILE_BYTES`](crate::config::load::MAX_FILE_BYTES) (the delivery goes on
+/// without a prompt, as upstream, and the failure is logged).
 pub async fn read_prompt(path: &Path) -> Option<String> {
     let owned = path.to_path_buf();
-    let text = tokio::task::spawn_blocking(move || std::fs::read_to_string(owned))
+    let text = tokio::task::spawn_blocking(move || read_text(&owned))
         .await
         .ok()?;
     match text {

@@ -30,10 +30,14 @@ pub async fn receive(
     let Some(target) = app.registry.webhook(&source) else {
         return error_response(StatusCode::NOT_FOUND, format!("unknown source: {source}"));
     };
-    let body = match Limited::new(body, target.config.max_body_bytes)
-        .collect()
-        .await
-    {
+    let read = Limited::new(body, target.config.max_body_bytes).collect();
+    let Ok(body) = tokio::time::timeout(app.body_timeout, read).await else {
+        return error_response(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the body did not arrive within {:?}", app.body_timeout),
+        );
+    };
+    let body = match body {
         Ok(b) => b.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             return error_response(
