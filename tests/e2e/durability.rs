@@ -421,3 +421,31 @@ fn an_interrupted_session_can_go_to_the_dead_letters_instead_of_running_twice() 
     );
     assert!(!daemon.log().contains("session ses_"), "{}", daemon.log());
 }
+
+#[test]
+fn an_unload_puts_what_waits_in_the_dead_letters_for_a_later_replay() {
+    let s = setup("durable_unload");
+    let daemon = s.start();
+    s.sink.respond_with(503);
+    let accepted = post_all(&daemon, 0..10);
+    daemon.wait_status("m", "retries to be under way", |st| {
+        st["actors"]["out"]["failing"] == true
+    });
+    daemon.cli_ok(&["module", "unload", "m"]);
+    let letters = wait_dead_letters(&daemon, accepted.len());
+    assert_eq!(letters.len(), accepted.len(), "{letters:#?}");
+    for d in &letters {
+        assert_contains(d["reason"].as_str().unwrap(), "the module was unloaded");
+    }
+
+    // Loaded again and the sink healthy: the replay delivers every one.
+    s.sink.respond_with(200);
+    daemon.cli_ok(&["module", "load", s.module.to_str().unwrap()]);
+    assert_contains(
+        &daemon.cli_ok(&["dlq", "replay", "--all"]),
+        "replayed 10 dead letters",
+    );
+    let counts = s.sink.wait_delivered(&accepted);
+    assert_eq!(counts.len(), accepted.len());
+    assert!(dead_letters(&daemon).is_empty());
+}
