@@ -16,6 +16,7 @@ mod reload;
 mod reload_rejects;
 mod routing;
 mod sources;
+mod stalls;
 mod unload_safety;
 mod watch;
 mod webhook;

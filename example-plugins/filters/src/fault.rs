@@ -2,6 +2,8 @@
 //! `on_error` policy handle a transform that fails to build, returns errors, panics or drops.
 //! It is not meant for production routes.
 
+use std::time::Duration;
+
 use orgloop_plugin_sdk::prelude::*;
 use orgloop_plugin_sdk::serde_json::Map;
 
@@ -23,6 +25,20 @@ pub struct FaultConfig {
     /// Drop the event when all of these hold.
     #[serde(default)]
     drop_when: Option<Map<String, Json>>,
+    /// Block the calling thread for `block_for` when all of these hold (as a synchronous call
+    /// or a runaway regex would; a real plugin must never do this).
+    #[serde(default)]
+    block_when: Option<Map<String, Json>>,
+    /// How long `block_when` blocks (default `10s`).
+    #[serde(
+        default = "default_block_for",
+        deserialize_with = "orgloop_plugin_sdk::duration::deserialize"
+    )]
+    block_for: Duration,
+}
+
+fn default_block_for() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// The `fault` transform: **misbehaves on purpose**, to test how the daemon and a route's
@@ -35,17 +51,21 @@ pub struct FaultConfig {
 ///   panic_when: { payload.kind: explode }     # panic ("fault: panic_when matched")
 ///   error_when: { payload.kind: fail }        # return an error ("fault: error_when matched")
 ///   drop_when:  { payload.kind: vanish }      # drop the event
+///   block_when: { payload.kind: stall }       # block the thread for block_for, then pass
+///   block_for: 10s
 /// ```
 ///
 /// Each `*_when` map is a set of conditions that must **all** hold, with the same value rules as
 /// `filter` (regexes, any-of arrays, `null` for missing...). An absent key never fires; an empty
 /// map (`{}`) fires for every event. They are checked in the order panic, error, drop; an event
-/// that triggers none of them passes unchanged.
+/// that triggers none of them passes unchanged (after blocking, with `block_when`).
 #[derive(Debug)]
 pub struct Fault {
     panic_when: Option<Criteria>,
     error_when: Option<Criteria>,
     drop_when: Option<Criteria>,
+    block_when: Option<Criteria>,
+    block_for: Duration,
 }
 
 impl Transform for Fault {
@@ -68,6 +88,8 @@ impl Transform for Fault {
             panic_when: compile("panic_when", config.panic_when)?,
             error_when: compile("error_when", config.error_when)?,
             drop_when: compile("drop_when", config.drop_when)?,
+            block_when: compile("block_when", config.block_when)?,
+            block_for: config.block_for,
         })
     }
 
@@ -81,6 +103,9 @@ impl Transform for Fault {
         }
         if fires(&self.drop_when) {
             return Ok(Verdict::Drop);
+        }
+        if fires(&self.block_when) {
+            std::thread::sleep(self.block_for);
         }
         Ok(Verdict::Pass)
     }
@@ -100,6 +125,21 @@ mod tests {
             Ok(_) => panic!("config should be refused"),
             Err(e) => e.message().to_owned(),
         }
+    }
+
+    #[test]
+    fn block_when_blocks_the_thread_then_passes() {
+        let t = fault(json!({"block_when": {"payload.kind": "stall"}, "block_for": "50ms"}));
+        let started = std::time::Instant::now();
+        assert_eq!(
+            t.apply(&test_event(json!({"kind": "stall"}))),
+            Ok(Verdict::Pass)
+        );
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        assert_eq!(
+            t.apply(&test_event(json!({"kind": "other"}))),
+            Ok(Verdict::Pass)
+        );
     }
 
     #[test]

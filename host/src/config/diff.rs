@@ -125,7 +125,7 @@ fn same_route(a: &RouteSpec, b: &RouteSpec) -> bool {
 }
 
 pub fn same_transform(a: &TransformSpec, b: &TransformSpec) -> bool {
-    (&a.symbol, &a.config, a.on_error) == (&b.symbol, &b.config, b.on_error)
+    (&a.symbol, &a.config, a.on_error, a.timeout) == (&b.symbol, &b.config, b.on_error, b.timeout)
 }
 
 pub fn same_actor(a: &ActorSpec, b: &ActorSpec) -> bool {

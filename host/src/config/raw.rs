@@ -47,6 +47,8 @@ pub struct Defaults {
     pub retry: Option<RetryDef>,
     /// Bytes of accepted events this module may keep waiting (default 256 MiB).
     pub max_queue_bytes: Option<u64>,
+    /// Threads the module's plugin code runs on (default 2).
+    pub threads: Option<u32>,
 }
 
 /// `retry:` of an actor (or of `defaults:`): how a failed delivery is tried again.

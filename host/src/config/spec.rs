@@ -58,6 +58,8 @@ pub struct ModuleSpec {
     pub drain_timeout: Duration,
     /// Bytes of accepted events the module may keep waiting; beyond, its webhooks answer 503.
     pub max_queue_bytes: u64,
+    /// Threads its plugin code runs on (read when the module is loaded).
+    pub threads: usize,
 }
 
 /// A plugin library the module uses.
@@ -155,6 +157,8 @@ pub struct TransformSpec {
     pub symbol: SymbolRef,
     pub config: Json,
     pub on_error: Option<OnError>,
+    /// A call that takes longer is an error under the route's `on_error` (`timeout_ms`).
+    pub timeout: Duration,
     pub origin: Origin,
 }
 

@@ -24,6 +24,11 @@ const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
 /// Bytes of accepted events a module may keep waiting, unless `defaults.max_queue_bytes` says
 /// otherwise.
 const DEFAULT_MAX_QUEUE: u64 = 256 * 1024 * 1024;
+/// Threads a module's plugin code runs on, unless `defaults.threads` says otherwise.
+const DEFAULT_THREADS: usize = 2;
+/// A transform call's deadline, unless its `timeout_ms` says otherwise: transforms take
+/// microseconds, so a call this long is stuck.
+const DEFAULT_TRANSFORM_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_POLL: Duration = Duration::from_secs(300);
 
 /// Upstream's package names for the built-in webhook source.
@@ -82,6 +87,16 @@ pub fn validate(raw: &RawModule) -> Result<ModuleSpec, Vec<ConfigError>> {
         None => DEFAULT_MAX_QUEUE,
     };
 
+    let threads = match project.value.defaults.threads {
+        Some(n @ 1..=64) => n as usize,
+        Some(_) => {
+            c.errors
+                .push(project.error("defaults.threads", "must be from 1 to 64"));
+            DEFAULT_THREADS
+        }
+        None => DEFAULT_THREADS,
+    };
+
     let plugins = c.plugins();
     let plugin_names: Vec<&str> = plugins.iter().map(|p| p.name.as_str()).collect();
     let (sources, actors) = c.connectors(&plugin_names, poll_default, &retry_default);
@@ -104,6 +119,7 @@ pub fn validate(raw: &RawModule) -> Result<ModuleSpec, Vec<ConfigError>> {
         loggers,
         drain_timeout,
         max_queue_bytes,
+        threads,
     })
 }
 
@@ -458,7 +474,15 @@ impl Checker<'_> {
                         let spos = group.doc.pos(&format!("transforms[{i}].symbol"));
                         if let Some(symbol) = self.symbol(symbol, plugins, &origin, "symbol", spos) {
                             let config = t.config.clone().unwrap_or_else(|| Json::Object(Default::default()));
-                            out.push(TransformSpec { name: t.name.clone(), symbol, config, on_error: t.on_error, origin: group.origin(format!("transforms[{i}].symbol")) });
+                            let timeout = match t.timeout_ms {
+                                Some(0) => {
+                                    self.errors.push(origin.error_at("timeout_ms", group.doc.pos(&format!("transforms[{i}].timeout_ms")), "must be at least 1"));
+                                    DEFAULT_TRANSFORM_TIMEOUT
+                                }
+                                Some(ms) => Duration::from_millis(ms),
+                                None => DEFAULT_TRANSFORM_TIMEOUT,
+                            };
+                            out.push(TransformSpec { name: t.name.clone(), symbol, config, on_error: t.on_error, timeout, origin: group.origin(format!("transforms[{i}].symbol")) });
                         }
                     }
                     ("plugin", None) => self.errors.push(origin.error("type: plugin needs symbol: <plugin>::<transform>")),

@@ -22,9 +22,15 @@ pub async fn status(State(app): State<AppState>) -> Json<Value> {
             .iter()
             .map(|(name, lib)| json!({"name": name, "version": lib.manifest().version, "hash": short(lib.hash())}))
             .collect();
+        let degraded = m.degraded();
+        if degraded.is_some() {
+            health = "degraded";
+        }
         modules.push(json!({
             "name": m.name,
             "state": "active",
+            "health": if degraded.is_some() { "degraded" } else { "ok" },
+            "degraded": degraded,
             "directory": m.dir,
             "generation": g.number,
             "sources": g.spec.sources.len(),

@@ -36,6 +36,7 @@ pub fn module_json(m: &Module) -> Value {
             "drain_timeout_ms": g.spec.drain_timeout.as_millis() as u64,
         })
     });
+    let degraded = m.degraded();
     let record = m.record();
     let draining: Vec<Value> = record
         .draining
@@ -53,6 +54,9 @@ pub fn module_json(m: &Module) -> Value {
         "name": m.name,
         "directory": m.dir,
         "state": if generation.is_some() { "active" } else { "unloading" },
+        "health": if degraded.is_some() { "degraded" } else { "ok" },
+        "degraded": degraded,
+        "transform_overruns": m.calls.overruns.load(Ordering::Relaxed),
         "queue": m.queue.stats(&m.name),
         "actors": actors_json(m),
         "uptime_ms": m.started.elapsed().as_millis() as u64,

@@ -53,7 +53,9 @@ pub struct Job {
 /// Starts delivering `job` as a task of `module`.
 pub fn start(module: &Arc<Module>, job: Job) {
     let m = module.clone();
-    module.deliveries.spawn(run(m, job));
+    module
+        .deliveries
+        .spawn_on(run(m, job), module.executor.handle());
 }
 
 /// How one attempt ended.
@@ -121,7 +123,7 @@ async fn run(module: Arc<Module>, job: Job) {
         p.attempts += 1;
         let result = {
             let _inflight = Count::new(&stats.inflight);
-            attempt(&g, i, &job, &key, p.attempts).await
+            attempt(&module, &g, i, &job, &key, p.attempts).await
         };
         drop(permit);
         let failure = match result {
@@ -172,11 +174,19 @@ async fn run(module: Arc<Module>, job: Job) {
     }
 }
 
-/// Runs one attempt on `g`'s tracker, so that `g`'s drain waits for it.
-async fn attempt(g: &Arc<Generation>, i: usize, job: &Job, key: &str, n: u32) -> Attempted {
+/// Runs one attempt on `g`'s tracker (on the module's threads), so that `g`'s drain waits for it.
+async fn attempt(
+    module: &Module,
+    g: &Arc<Generation>,
+    i: usize,
+    job: &Job,
+    key: &str,
+    n: u32,
+) -> Attempted {
     let g = g.clone();
     let (event, key) = (job.event.clone(), key.to_owned());
-    let task = g.inflight.clone().spawn(async move {
+    let tracker = g.inflight.clone();
+    let task = tracker.spawn_on(async move {
         let route = &g.routes[i];
         let Some(actor) = g.actors.get(&route.spec.actor) else {
             return Attempted::Interrupted("the actor is gone".into());
@@ -237,7 +247,7 @@ async fn attempt(g: &Arc<Generation>, i: usize, job: &Job, key: &str, n: u32) ->
         }
         g.loggers.log(phase, &event, Detail { result: Some(result), error, duration_ms, ..detail });
         attempted
-    });
+    }, module.executor.handle());
     task.await
         .unwrap_or_else(|e| Attempted::Interrupted(format!("the attempt ended: {e}")))
 }

@@ -4,7 +4,9 @@
 //! config, no blocking call; the deliveries run as tasks of their own.
 
 use std::borrow::Cow;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use orgloop_plugin_sdk::{Event, TransformCtx, Verdict};
 
@@ -62,7 +64,7 @@ pub fn dispatch(module: &Arc<Module>, generation: &Arc<Generation>, entry: Entry
                 ..Default::default()
             },
         );
-        if let Some(out) = run_transforms(generation, route, &event) {
+        if let Some(out) = run_transforms(module, generation, route, &event) {
             start(module, job(&route.spec.name, out.into_owned()));
         }
     }
@@ -73,8 +75,11 @@ pub fn dispatch(module: &Arc<Module>, generation: &Arc<Generation>, entry: Entry
     ticket.dispatched();
 }
 
-/// Runs a route's transforms. `None` when the event was dropped or the route halted.
+/// Runs a route's transforms. `None` when the event was dropped or the route halted. A call
+/// that returns after its deadline counts as an error (under `on_error`), whatever it returned:
+/// the module was stuck meanwhile, and that is what the route's policy is for.
 fn run_transforms<'e>(
+    module: &Module,
     generation: &Generation,
     route: &Route,
     event: &'e Event,
@@ -98,7 +103,23 @@ fn run_transforms<'e>(
             actor: &route.spec.actor,
             module: &generation.module,
         };
-        match slot.obj.apply(&current, &ctx) {
+        module.calls.begin(slot.timeout);
+        let started = Instant::now();
+        let result = slot.obj.apply(&current, &ctx);
+        module.calls.end();
+        let took = started.elapsed();
+        let result = if took > slot.timeout {
+            module.calls.overruns.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(module = %generation.module, route = %route.spec.name, transform = %t.name, event = %event.id(), "transform call took {took:?}, past its deadline of {:?}", slot.timeout);
+            Err(format!(
+                "the call took {:.1} s, past its deadline of {:.1} s (timeout_ms)",
+                took.as_secs_f64(),
+                slot.timeout.as_secs_f64()
+            ))
+        } else {
+            result
+        };
+        match result {
             Ok(Verdict::Pass) => log.log(Phase::TransformPass, &current, detail),
             Ok(Verdict::Replace(e)) => {
                 current = Cow::Owned(e);

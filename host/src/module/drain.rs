@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::generation::Generation;
+use super::generation::{Generation, GRACE};
 use super::report::{DrainReport, DrainStart, ForcedDrain, LibraryUnload, PluginBuild};
 use super::running::{Draining, Module};
-use crate::plugin::Library;
+use crate::plugin::{Library, UnloadReport};
 
 /// Starts draining `old`, which `module` no longer routes to. `still_used` are the libraries of
 /// the generations that remain; the others are reported as they close. `force` cancels at once.
@@ -23,12 +23,12 @@ pub fn start(
     force: bool,
 ) -> (DrainStart, Finished) {
     let unloads: Arc<Mutex<Vec<LibraryUnload>>> = Arc::default();
-    let mut retiring = 0;
+    let mut retired = Vec::new();
     for (name, lib) in &old.libraries {
         if still_used.iter().any(|l| Arc::ptr_eq(l, lib)) {
             continue;
         }
-        retiring += 1;
+        retired.push((name.clone(), PluginBuild::of(lib)));
         let (unloads, plugin, build) = (unloads.clone(), name.clone(), PluginBuild::of(lib));
         lib.on_unload(move |result| {
             let unload = LibraryUnload {
@@ -69,8 +69,15 @@ pub fn start(
         drop(old);
         let mut cancelled = 0;
         // Loop, because a dispatch that read the old generation just before the swap may still
-        // hand it a delivery; the deadline still bounds the whole drain.
+        // hand it a delivery; the deadline still bounds the whole drain. Past it (and the grace),
+        // only a plugin call that does not return can hold the generation: the drain ends and
+        // reports its libraries as pinned, and they close whenever the call returns.
+        let give_up = deadline + GRACE * 2;
         while let Some(g) = weak.upgrade() {
+            if Instant::now() > give_up && g.inflight.is_empty() {
+                tracing::warn!(module = %module.name, generation = number, "generation {number} is still in use by a plugin call that does not return; its libraries stay loaded until it does");
+                break;
+            }
             if !g.inflight.is_empty() || !g.inflight.is_closed() {
                 cancelled += g
                     .stop(
@@ -86,13 +93,27 @@ pub fn start(
         // than the generation; wait (briefly) for every retiring library to report.
         let reported = || unloads.lock().unwrap_or_else(|e| e.into_inner()).len();
         let settle = Instant::now() + Duration::from_secs(2);
-        while reported() < retiring && Instant::now() < settle {
+        while reported() < retired.len() && Instant::now() < settle {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        if reported() < retiring {
+        if reported() < retired.len() {
             tracing::warn!(module = %module.name, generation = number, "a retired plugin library is still in use 2 s after its generation ended");
         }
-        let libraries = std::mem::take(&mut *unloads.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut libraries = std::mem::take(&mut *unloads.lock().unwrap_or_else(|e| e.into_inner()));
+        for (plugin, build) in &retired {
+            if !libraries
+                .iter()
+                .any(|l| &l.plugin == plugin && &l.build == build)
+            {
+                libraries.push(LibraryUnload {
+                    plugin: plugin.clone(),
+                    build: build.clone(),
+                    result: UnloadReport::Pinned {
+                        reason: "still in use when the drain ended (a plugin call that has not returned)".into(),
+                    },
+                });
+            }
+        }
         let report = DrainReport {
             generation: number,
             cancelled,

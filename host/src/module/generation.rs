@@ -27,6 +27,8 @@ pub struct TransformSlot {
     pub obj: PluginTransform,
     /// The definition's `on_error`, used when the route sets none.
     pub on_error: Option<OnError>,
+    /// The deadline of one call.
+    pub timeout: Duration,
 }
 
 /// An actor, the bound on its concurrent deliveries, and how its failures are retried.

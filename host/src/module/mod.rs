@@ -1,9 +1,11 @@
 //! Module lifecycle. A module ([`running::Module`]) is a sequence of [`generation::Generation`]s:
 //! [`stage`] builds one, [`reload`] swaps it in, [`drain`] retires the old one, and [`registry`]
-//! holds the running modules. [`poller`] runs plugin sources, [`watch`] reloads on file changes,
-//! and [`report`] is what all of it tells the control API.
+//! holds the running modules. [`executor`] gives each module threads of its own, [`poller`] runs
+//! plugin sources, [`watch`] reloads on file changes, and [`report`] is what all of it tells the
+//! control API.
 
 pub mod drain;
+pub mod executor;
 pub mod generation;
 pub mod poller;
 pub mod registry;

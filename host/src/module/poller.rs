@@ -54,10 +54,7 @@ impl Pollers {
         for slot in &generation.sources {
             if !running.contains_key(&slot.id) {
                 let previous = stopped.remove(&slot.id);
-                running.insert(
-                    slot.id.clone(),
-                    spawn(Arc::downgrade(module), slot, previous),
-                );
+                running.insert(slot.id.clone(), spawn(module, slot, previous));
             }
         }
     }
@@ -78,11 +75,14 @@ impl Pollers {
     }
 }
 
-fn spawn(module: Weak<Module>, slot: &SourceSlot, previous: Option<JoinHandle<()>>) -> Poller {
+/// Starts polling `slot` on the module's threads.
+fn spawn(module: &Arc<Module>, slot: &SourceSlot, previous: Option<JoinHandle<()>>) -> Poller {
     let (source, id, interval) = (slot.obj.clone(), slot.id.clone(), slot.interval);
     let stop = CancellationToken::new();
     let (task_source, task_stop) = (source.clone(), stop.clone());
-    let task = tokio::spawn(async move {
+    let executor = module.executor.handle().clone();
+    let module: Weak<Module> = Arc::downgrade(module);
+    let task = executor.spawn(async move {
         if let Some(previous) = previous {
             let _ = previous.await;
         }

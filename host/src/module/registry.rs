@@ -104,11 +104,17 @@ impl Registry {
     pub async fn load(self: &Arc<Self>, dir: &Path) -> Result<Arc<Module>, LoadError> {
         let spec = Arc::new(config::load_module(dir).map_err(LoadError::Invalid)?);
         self.check_conflicts(&spec, None)?;
-        let module = Arc::new(Module::new(
+        let module = Module::new(
             spec.name.clone(),
             spec.dir.clone(),
             self.queue.clone(),
-        ));
+            spec.threads,
+        )
+        .map_err(|e| {
+            let why = format!("cannot start the module's threads: {e}");
+            LoadError::Invalid(vec![ConfigError::new(&spec.dir, None, "", why)])
+        })?;
+        let module = Arc::new(module);
         let generation = self.stage(&module, spec, None).await?;
         {
             let mut modules = self.lock();
@@ -209,6 +215,7 @@ impl Registry {
         }
         module.deliveries.close();
         module.deliveries.wait().await;
+        module.executor.shutdown();
         tracing::info!(module = %module.name, "module stopped");
         report.ok_or_else(|| LoadError::NotFound(name.to_owned()))
     }

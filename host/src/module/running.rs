@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::executor::{CallWatch, Executor};
 use super::generation::Generation;
 use super::poller::Pollers;
 use super::report::{DrainReport, ReloadOutcome};
@@ -126,6 +127,10 @@ pub struct Module {
     /// Raised when the module stops; see [`Stopping`].
     pub stopping: CancellationToken,
     stopping_for: Mutex<Option<Stopping>>,
+    /// The threads its plugin code runs on.
+    pub executor: Executor,
+    /// The dispatcher's transform call, watched for its deadline.
+    pub calls: CallWatch,
     /// The task that routes stored entries, and the switch that stops it before its channel ends.
     pub(super) dispatcher: Mutex<Option<JoinHandle<()>>>,
     pub(super) stop_dispatching: CancellationToken,
@@ -141,9 +146,16 @@ pub struct Module {
 }
 
 impl Module {
-    pub(super) fn new(name: String, dir: PathBuf, queue: Queue) -> Self {
+    pub(super) fn new(
+        name: String,
+        dir: PathBuf,
+        queue: Queue,
+        threads: usize,
+    ) -> std::io::Result<Self> {
         let checkpoints = queue.checkpoints(&name).into_iter().collect();
-        Module {
+        Ok(Module {
+            executor: Executor::new(&name, threads)?,
+            calls: CallWatch::default(),
             name,
             dir,
             started: Instant::now(),
@@ -161,7 +173,25 @@ impl Module {
             lifecycle: tokio::sync::Mutex::new(()),
             requests: AtomicU64::new(0),
             record: Mutex::default(),
+        })
+    }
+
+    /// Why the module is not healthy now, if it is not: a transform call past its deadline, or
+    /// every thread of the module stuck.
+    pub fn degraded(&self) -> Option<String> {
+        if let Some((ran, deadline)) = self.calls.overrunning() {
+            return Some(format!(
+                "a transform call has run for {:.1} s, past its deadline of {:.1} s",
+                ran.as_secs_f64(),
+                deadline.as_secs_f64()
+            ));
         }
+        self.executor.stalled_for().map(|d| {
+            format!(
+                "none of the module's threads has run for {:.1} s: plugin calls block them",
+                d.as_secs_f64()
+            )
+        })
     }
 
     /// Whether `g` is still the generation new work goes to.
@@ -201,7 +231,7 @@ impl Module {
     pub(super) fn start_dispatcher(self: &Arc<Self>, mut rx: mpsc::UnboundedReceiver<Entry>) {
         let module = Arc::downgrade(self);
         let stop = self.stop_dispatching.clone();
-        let task = tokio::spawn(async move {
+        let task = self.executor.spawn(async move {
             loop {
                 let entry = tokio::select! {
                     biased;

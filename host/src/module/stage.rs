@@ -84,6 +84,7 @@ pub fn stage(spec: Arc<ModuleSpec>, ctx: &StageCtx<'_>) -> Result<Generation, Ve
                 Ok(obj) => Arc::new(TransformSlot {
                     obj,
                     on_error: t.on_error,
+                    timeout: t.timeout,
                 }),
                 Err(e) => {
                     errors.push(

@@ -15,6 +15,9 @@ const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 #[derive(Clone)]
 pub struct HttpClient {
     client: Client<HttpConnector, Full<Bytes>>,
+    /// The runtime requests run on: the daemon's, never a module's (see
+    /// [`crate::module::executor`]); the current one when made outside a runtime.
+    io: Option<tokio::runtime::Handle>,
 }
 
 impl Default for HttpClient {
@@ -26,11 +29,27 @@ impl Default for HttpClient {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
-        HttpClient { client }
+        HttpClient {
+            client,
+            io: tokio::runtime::Handle::try_current().ok(),
+        }
     }
 }
 
 impl HttpClient {
+    /// Starts [`send`](Self::send) as a task on the client's runtime.
+    pub fn spawn_send(
+        &self,
+        req: HttpRequest,
+    ) -> tokio::task::JoinHandle<Result<HttpResponse, String>> {
+        let client = self.clone();
+        let send = async move { client.send(req).await };
+        match &self.io {
+            Some(io) => io.spawn(send),
+            None => tokio::spawn(send),
+        }
+    }
+
     /// Sends `req` and reads the whole response, within `req.timeout`.
     pub async fn send(&self, req: HttpRequest) -> Result<HttpResponse, String> {
         let uri: hyper::Uri = req

@@ -73,12 +73,11 @@ impl HostServices for Services {
 
     fn http(&self, request: FfiHttpRequest) -> FfiFuture<RResult<FfiHttpResponse, RString>> {
         let request = HttpRequest::from_wire(&request);
-        let client = self.http.clone();
         // The request runs as a task of its own: hyper keeps the waker of whoever polls a request
         // in state its connection task owns, for as long as the connection lives. The plugin's
         // waker must not end up there (it is plugin code, and the plugin may be unloaded first);
         // a task's join handle drops the waker it holds when it is dropped, with the plugin.
-        let task = AbortOnDrop(tokio::spawn(async move { client.send(request).await }));
+        let task = AbortOnDrop(self.http.spawn_send(request));
         async move {
             match task.await {
                 Ok(Ok(r)) => RResult::ROk(r.into_wire()),

@@ -37,6 +37,15 @@ pub fn run(client: &Client, args: &StatusArgs) -> u8 {
         "  generation {}: {} routes, {} sources, {} actors, {} transforms, {} deliveries in flight",
         g["number"], g["routes"], g["sources"], g["actors"], g["transforms"], g["inflight"]
     );
+    if let Some(why) = m["degraded"].as_str() {
+        println!("  DEGRADED: {why}");
+    }
+    if m["transform_overruns"].as_u64().unwrap_or(0) > 0 {
+        println!(
+            "  transform calls past their deadline so far: {}",
+            m["transform_overruns"]
+        );
+    }
     let q = &m["queue"];
     if !q.is_null() {
         println!(
