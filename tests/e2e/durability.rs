@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use orgloop::queue::record;
 use serde_json::{json, Value};
 
 use crate::harness::*;
@@ -345,11 +346,18 @@ fn a_torn_write_at_the_tail_costs_only_the_torn_record() {
         .unwrap()
         .flatten()
         .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
         .max()
         .unwrap();
-    let len = std::fs::metadata(&last).unwrap().len();
+    let bytes = std::fs::read(&last).unwrap();
+    let (mut at, mut last_record) = (record::MAGIC.len(), None);
+    while let Ok((_, len)) = record::decode(&bytes[at..]) {
+        last_record = Some((at, len));
+        at += len;
+    }
+    let (start, len) = last_record.expect("the segment holds records");
     let file = std::fs::OpenOptions::new().write(true).open(&last).unwrap();
-    file.set_len(len - 10).unwrap();
+    file.set_len((start + len / 2) as u64).unwrap();
 
     s.sink.respond_with(200);
     let mut daemon = s.start();

@@ -24,7 +24,7 @@ use crate::plugin::Loader;
 use crate::queue::{Durability, Options as QueueOptions, Queue};
 
 /// Size at which the event log starts a new segment file.
-const SEGMENT_BYTES: u64 = 32 << 20;
+const SEGMENT_BYTES: u64 = 8 << 20;
 
 #[derive(Debug, Args)]
 pub struct StartArgs {

@@ -7,6 +7,9 @@
 //! log is the order of the channel: a record sent after another is never durable before it (an
 //! actor's emitted event is stored before the acknowledgement of the delivery that emitted it).
 //!
+//! Segments are written full of zeros before use ([`super::segment`]), which makes each sync
+//! cheaper; a segment's data ends at the first all-zero record header.
+//!
 //! Compaction keeps disk use proportional to what is still waiting: segments are deleted oldest
 //! first once nothing in them is live; an old segment that is more than 90% finished has its few
 //! live entries (and latest checkpoints) written again at the head, and is then deleted. Deleting
@@ -14,13 +17,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
-use super::record::{decode, encode, Put, Record, Unreadable, MAGIC};
+use super::record::{decode, encode, Put, Record, Unreadable, HEADER, MAGIC};
+use super::segment::{self, Spare};
 
 /// What the writer is asked to do.
 pub enum Op {
@@ -122,6 +126,9 @@ struct Live {
     started: Vec<String>,
 }
 
+/// Size of the head segment made without a spare (at start).
+const FIRST_SEGMENT: u64 = 1 << 20;
+
 /// Most records one batch takes, so that one sync never waits on an unbounded burst.
 const BATCH: usize = 4096;
 
@@ -131,6 +138,10 @@ struct Writer {
     segments: BTreeMap<u64, Segment>,
     head: Option<File>,
     head_id: u64,
+    /// Bytes the head was zeroed to; it rolls over once they are used.
+    head_capacity: u64,
+    /// The segment after the head, being zeroed.
+    spare: Option<Spare>,
     live: HashMap<u64, Live>,
     /// Latest checkpoint per (module, source), and the segment that holds it.
     checkpoints: HashMap<(String, String), (u64, String)>,
@@ -140,13 +151,20 @@ struct Writer {
 impl Writer {
     /// Reads every segment in order and rebuilds the index.
     fn recover(dir: &Path, segment_bytes: u64) -> io::Result<Writer> {
-        let mut ids: Vec<u64> = std::fs::read_dir(dir)?
-            .flatten()
-            .filter_map(|e| {
-                let name = e.file_name();
-                name.to_str()?.strip_suffix(".seg")?.parse().ok()
-            })
-            .collect();
+        let mut ids = Vec::new();
+        for entry in std::fs::read_dir(dir)?.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.ends_with(segment::PREPARING) {
+                // A spare segment a previous run did not get to use.
+                let _ = std::fs::remove_file(entry.path());
+            } else if let Some(id) = name
+                .strip_suffix(".seg")
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                ids.push(id);
+            }
+        }
         ids.sort_unstable();
         let mut w = Writer {
             dir: dir.to_owned(),
@@ -154,6 +172,8 @@ impl Writer {
             segments: BTreeMap::new(),
             head: None,
             head_id: ids.last().copied().unwrap_or(0),
+            head_capacity: 0,
+            spare: None,
             live: HashMap::new(),
             checkpoints: HashMap::new(),
             next_seq: 1,
@@ -179,6 +199,10 @@ impl Writer {
         let mut at = MAGIC.len();
         self.segments.insert(id, Segment::default());
         while at < bytes.len() {
+            // The zeros of a pre-zeroed segment: the data ends here.
+            if bytes[at..].iter().take(HEADER).all(|b| *b == 0) {
+                break;
+            }
             match decode(&bytes[at..]) {
                 Ok((record, len)) => {
                     self.apply(record, id, at as u64, len as u64);
@@ -305,13 +329,23 @@ impl Writer {
         }
         self.head_id += 1;
         let path = self.path(self.head_id);
-        let mut file = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(&path)?;
-        file.write_all(MAGIC)?;
-        file.sync_data()?;
-        File::open(&self.dir)?.sync_all()?;
+        // Without a spare ready (at start), a small one now: zeroing a whole segment would hold
+        // up the first write; it fills soon and the full-size spare takes over.
+        let (file, capacity) = match self.spare.take() {
+            Some(spare) => (spare.install(&path)?, self.segment_bytes),
+            None => {
+                let capacity = self.segment_bytes.min(FIRST_SEGMENT);
+                let file = segment::create(&path, capacity)?;
+                File::open(&self.dir)?.sync_all()?;
+                (file, capacity)
+            }
+        };
+        // The next one, zeroed while this one fills.
+        self.spare = Some(Spare::start(
+            &self.dir,
+            self.head_id + 1,
+            self.segment_bytes,
+        )?);
         self.segments.insert(
             self.head_id,
             Segment {
@@ -320,6 +354,7 @@ impl Writer {
             },
         );
         self.head = Some(file);
+        self.head_capacity = capacity;
         Ok(())
     }
 
@@ -416,9 +451,9 @@ impl Writer {
             return Err(io::Error::other("the store has no open segment"));
         };
         let start = self.segments.get(&self.head_id).map_or(0, |s| s.len);
-        let result = head
-            .write_all(buf)
-            .and_then(|()| if sync { head.sync_data() } else { Ok(()) });
+        let result =
+            head.write_all_at(buf, start)
+                .and_then(|()| if sync { head.sync_data() } else { Ok(()) });
         match result {
             Ok(()) => {
                 if let Some(s) = self.segments.get_mut(&self.head_id) {
@@ -427,8 +462,9 @@ impl Writer {
                 Ok(())
             }
             Err(e) => {
+                // The next write goes to the same place; zeros mark where the data ends.
                 tracing::error!("store: writing failed: {e}");
-                let _ = head.set_len(start);
+                let _ = head.write_all_at(&vec![0; buf.len()], start);
                 Err(e)
             }
         }
@@ -436,7 +472,7 @@ impl Writer {
 
     /// Rolls the head over when it is full, then compacts from the oldest segment on.
     fn maintain(&mut self) -> io::Result<()> {
-        if self.segments.get(&self.head_id).map_or(0, |s| s.len) >= self.segment_bytes {
+        if self.segments.get(&self.head_id).map_or(0, |s| s.len) >= self.head_capacity {
             self.start_segment()?;
         }
         while let Some((&oldest, s)) = self.segments.first_key_value() {
@@ -574,6 +610,18 @@ mod tests {
         d
     }
 
+    /// The segment files in `d`, oldest first.
+    fn segments(d: &Path) -> Vec<PathBuf> {
+        let mut all: Vec<PathBuf> = std::fs::read_dir(d)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+            .collect();
+        all.sort();
+        all
+    }
+
     fn seqs(r: &Recovered) -> Vec<u64> {
         r.entries.iter().map(|p| p.seq).collect()
     }
@@ -615,18 +663,14 @@ mod tests {
         let (log, _) = Log::open(&d, 1 << 20).unwrap();
         store(&log, 1..=3);
         drop(log);
-        let last = std::fs::read_dir(&d)
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .max()
-            .unwrap();
-        let len = std::fs::metadata(&last).unwrap().len();
+        let last = segments(&d).pop().unwrap();
+        // Damage the last record's final bytes, as a write cut short by a crash leaves it.
+        let end = MAGIC.len() + (1..=3).map(|s| put_record(s, "m").len()).sum::<usize>();
         OpenOptions::new()
             .write(true)
             .open(&last)
             .unwrap()
-            .set_len(len - 3)
+            .write_all_at(&[0xff; 3], (end - 3) as u64)
             .unwrap();
         let (log, r) = Log::open(&d, 1 << 20).unwrap();
         assert_eq!(seqs(&r), [1, 2]);
@@ -642,7 +686,7 @@ mod tests {
         let d = dir("compact");
         let segment = 4096;
         let (log, _) = Log::open(&d, segment).unwrap();
-        let files = || std::fs::read_dir(&d).unwrap().count();
+        let files = || segments(&d).len();
         // One entry stays live while 2000 others come and go.
         store(&log, [1]);
         log.send(Op::Checkpoint {

@@ -18,6 +18,7 @@
 pub mod dead;
 pub mod log;
 pub mod record;
+pub mod segment;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
