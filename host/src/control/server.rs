@@ -11,7 +11,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -144,8 +144,11 @@ pub async fn serve(
     Ok(())
 }
 
-/// Answers a connection over the limit with `503` and closes it, without reading its request.
+/// Answers a connection over the limit with `503` and closes it. What the client sent first is
+/// read (briefly), so that closing does not reset the connection before it reads the answer.
 async fn refuse(mut tcp: tokio::net::TcpStream) {
+    let mut request = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_millis(100), tcp.read(&mut request)).await;
     const BODY: &str = r#"{"error":"too many connections; try again later"}"#;
     let answer = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{BODY}",

@@ -81,7 +81,7 @@ async fn run(module: Arc<Module>, job: Job) {
     };
     loop {
         let Some(g) = module.current() else {
-            return stopped(&module, None, &job, &p).await;
+            return stopped(&module, &job, &p).await;
         };
         let Some(i) = g.route_index(&job.route) else {
             let why = "its route was removed by a reload";
@@ -97,11 +97,15 @@ async fn run(module: Arc<Module>, job: Job) {
             return dead(&module, &g, &job, &actor_id, why, &p).await;
         }
         let stats = module.actor_stats(&actor_id);
+        // Waiting holds only the actor's gate and limit, not its generation: a reload meanwhile
+        // drains and unloads the old one, and this delivery then goes through the new one.
+        let (gate, limit) = (actor.gate.clone(), actor.limit.clone());
+        drop((g, actor));
         let admitted = {
             let _waiting = Count::new(&stats.waiting);
             let admit = async {
-                let pass = actor.gate.pass().await;
-                let permit = actor.limit.clone().acquire_owned().await.ok()?;
+                let pass = gate.pass().await;
+                let permit = limit.acquire_owned().await.ok()?;
                 Some((pass, permit))
             };
             tokio::select! {
@@ -111,13 +115,20 @@ async fn run(module: Arc<Module>, job: Job) {
             }
         };
         let Some((pass, permit)) = admitted else {
-            return stopped(&module, Some(&g), &job, &p).await;
+            return stopped(&module, &job, &p).await;
         };
-        if !module.is_current(&g) {
-            // Swapped while it waited: go through the new generation.
-            continue;
+        let Some((g, i, actor)) = module.current().and_then(|g| {
+            let i = g.route_index(&job.route)?;
+            let actor = g.actors.get(&g.routes[i].spec.actor)?.clone();
+            Some((g, i, actor))
+        }) else {
+            continue; // the module stops, or a reload removed the route: the loop says which
+        };
+        if !Arc::ptr_eq(&actor.gate, &gate) {
+            continue; // a reload changed the actor: wait for the new one
         }
-        if actor.interrupted == Interrupted::DeadLetter {
+        let dead_letter_if_interrupted = actor.interrupted == Interrupted::DeadLetter;
+        if dead_letter_if_interrupted {
             job.ticket.started(&job.route).await;
         }
         p.attempts += 1;
@@ -129,7 +140,12 @@ async fn run(module: Arc<Module>, job: Job) {
         let failure = match result {
             Attempted::Delivered => {
                 pass.report(Health::Up, &actor.retry);
-                job.ticket.ack(&job.route);
+                if dead_letter_if_interrupted {
+                    // Durable at once: after a crash, its stored start alone would dead-letter it.
+                    job.ticket.ack_durably(&job.route).await;
+                } else {
+                    job.ticket.ack(&job.route);
+                }
                 return;
             }
             Attempted::Rejected(why) => {
@@ -146,12 +162,16 @@ async fn run(module: Arc<Module>, job: Job) {
                     return dead(&module, &g, &job, &actor_id, &why, &p).await;
                 }
                 if module.stopping.is_cancelled() {
-                    return stopped(&module, Some(&g), &job, &p).await;
+                    return stopped(&module, &job, &p).await;
                 }
                 continue;
             }
             Attempted::Failed(f) => f,
         };
+        if dead_letter_if_interrupted {
+            // It ended: a crash while it waits for its retry interrupts nothing.
+            job.ticket.ended(&job.route);
+        }
         p.last_error = Some(failure.message.clone());
         if failure.permanent {
             pass.report(Health::Up, &actor.retry);
@@ -168,7 +188,7 @@ async fn run(module: Arc<Module>, job: Job) {
         let _retrying = Count::new(&stats.retrying);
         tokio::select! {
             biased;
-            _ = module.stopping.cancelled() => return stopped(&module, None, &job, &p).await,
+            _ = module.stopping.cancelled() => return stopped(&module, &job, &p).await,
             _ = tokio::time::sleep(wait) => {}
         }
     }
@@ -248,8 +268,10 @@ async fn attempt(
         g.loggers.log(phase, &event, Detail { result: Some(result), error, duration_ms, ..detail });
         attempted
     }, module.executor.handle());
+    // A panic of the host's own code: a failure like any other (retried with backoff), so that
+    // a deterministic one cannot loop at full speed.
     task.await
-        .unwrap_or_else(|e| Attempted::Interrupted(format!("the attempt ended: {e}")))
+        .unwrap_or_else(|e| Attempted::Failed(Failure::new(format!("the attempt ended: {e}"))))
 }
 
 fn log_retry(g: &Generation, job: &Job, actor: &str, p: &Progress, wait: Duration) {
@@ -266,21 +288,20 @@ fn log_retry(g: &Generation, job: &Job, actor: &str, p: &Progress, wait: Duratio
 
 /// The module stops: at shutdown the delivery stays stored for the next start; at an unload it
 /// goes to the dead letters.
-async fn stopped(module: &Arc<Module>, g: Option<&Arc<Generation>>, job: &Job, p: &Progress) {
+async fn stopped(module: &Arc<Module>, job: &Job, p: &Progress) {
     match module.stopping_for() {
         Stopping::Shutdown => job.ticket.abandon(),
         Stopping::Unload => {
             let why = "the module was unloaded before the delivery finished";
+            let g = module.current();
             let actor = g
+                .as_ref()
                 .and_then(|g| {
                     g.route_index(&job.route)
                         .map(|i| g.routes[i].spec.actor.clone())
                 })
                 .unwrap_or_default();
-            match g {
-                Some(g) => dead(module, g, job, &actor, why, p).await,
-                None => store_dead(module, None, job, &actor, why, p).await,
-            }
+            store_dead(module, g.as_deref(), job, &actor, why, p).await
         }
     }
 }

@@ -37,7 +37,10 @@ pub fn dispatch(module: &Arc<Module>, generation: &Arc<Generation>, entry: Entry
         crashed: started.iter().any(|r| r == route),
     };
     if let Some(route) = route {
-        start(module, job(&route, event));
+        // Finished before a restart (the crash fell between its acknowledgement and `Done`).
+        if !done.contains(&route) {
+            start(module, job(&route, event));
+        }
         ticket.dispatched();
         return;
     }

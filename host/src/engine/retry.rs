@@ -8,14 +8,15 @@ use crate::config::spec::RetryPolicy;
 
 /// The wait after the `failures`-th failed attempt: `initial · 2^(failures-1)`, capped at `max`,
 /// then drawn from its upper half (so that deliveries that failed together do not all come back
-/// at the same instant), and at least `retry_after`.
+/// at the same instant), and at least `retry_after` — which is itself capped at `max`, so that
+/// a receiver cannot park its deliveries beyond the policy.
 pub fn delay(policy: &RetryPolicy, failures: u32, retry_after: Option<Duration>) -> Duration {
     let doubled = policy
         .initial
         .saturating_mul(1 << failures.saturating_sub(1).min(30));
     let base = doubled.min(policy.max);
     let jittered = base / 2 + base.mul_f64(random_fraction() / 2.0);
-    jittered.max(retry_after.unwrap_or_default())
+    jittered.max(retry_after.unwrap_or_default().min(policy.max))
 }
 
 /// Why no further attempt is made after `attempts` attempts, `age` after the event was accepted;
@@ -72,9 +73,19 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_is_a_floor() {
-        let d = delay(&policy(), 1, Some(Duration::from_secs(7)));
-        assert_eq!(d, Duration::from_secs(7));
+    fn retry_after_is_a_floor_up_to_the_cap() {
+        let p = RetryPolicy {
+            max: Duration::from_secs(10),
+            ..policy()
+        };
+        assert_eq!(
+            delay(&p, 1, Some(Duration::from_secs(7))),
+            Duration::from_secs(7)
+        );
+        assert_eq!(
+            delay(&p, 1, Some(Duration::from_secs(999_999))),
+            Duration::from_secs(10)
+        );
     }
 
     #[test]

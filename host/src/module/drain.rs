@@ -74,7 +74,7 @@ pub fn start(
         // reports its libraries as pinned, and they close whenever the call returns.
         let give_up = deadline + GRACE * 2;
         while let Some(g) = weak.upgrade() {
-            if Instant::now() > give_up && g.inflight.is_empty() {
+            if Instant::now() > give_up {
                 tracing::warn!(module = %module.name, generation = number, "generation {number} is still in use by a plugin call that does not return; its libraries stay loaded until it does");
                 break;
             }

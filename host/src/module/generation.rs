@@ -104,7 +104,9 @@ impl Generation {
             .is_err()
         {
             self.kill.cancel();
-            self.inflight.wait().await;
+            // A delivery that blocks its thread never sees `kill`: give up on it after one more
+            // grace (its generation then outlives the drain; see `drain`).
+            let _ = tokio::time::timeout(GRACE, self.inflight.wait()).await;
         }
         cancelled
     }

@@ -96,14 +96,25 @@ fn spawn(module: &Arc<Module>, slot: &SourceSlot, previous: Option<JoinHandle<()
             };
             match polled {
                 Ok(p) => {
+                    // The checkpoint moves only past what is stored: refused and failed writes
+                    // alike make the batch be polled again (some of it then twice).
                     let mut all_stored = true;
+                    let mut stored = Vec::new();
                     for event in p.events {
-                        if let Err(e) = m.accept(normalize(event, &id), Some(&stats)) {
-                            all_stored = false;
-                            tracing::warn!(module = %m.name, source = %id, "event not accepted: {e}");
+                        match m.accept(normalize(event, &id), Some(&stats)) {
+                            Ok(s) => stored.push(s),
+                            Err(e) => {
+                                all_stored = false;
+                                tracing::warn!(module = %m.name, source = %id, "event not accepted: {e}");
+                            }
                         }
                     }
-                    // Only past what was stored: a refused batch is fetched again next time.
+                    for s in stored {
+                        if let Err(e) = s.wait().await {
+                            all_stored = false;
+                            tracing::warn!(module = %m.name, source = %id, "event not stored: {e}");
+                        }
+                    }
                     match p.checkpoint {
                         Some(cp) if all_stored => m.set_checkpoint(&id, cp),
                         Some(_) => {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use super::generation::Generation;
+use super::generation::{Generation, GRACE};
 use super::reload::{reload, ReloadOptions};
 use super::report::{DrainReport, ReloadOutcome};
 use super::running::{Module, SourceStats, Stopping};
@@ -184,13 +184,26 @@ impl Registry {
         if why == Stopping::Shutdown {
             module.stop_dispatching.cancel();
         }
+        let Some(serving) = module.current() else {
+            return Err(LoadError::NotFound(name.to_owned()));
+        };
+        let timeout = if force {
+            Duration::ZERO
+        } else {
+            timeout.unwrap_or(serving.spec.drain_timeout)
+        };
+        drop(serving);
+        // Bounded: a dispatcher stuck in a plugin call that never returns is left behind (its
+        // entries stay stored), and the stop goes on.
         let dispatcher = module
             .dispatcher
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
         if let Some(task) = dispatcher {
-            let _ = task.await;
+            if tokio::time::timeout(timeout + GRACE, task).await.is_err() {
+                tracing::warn!(module = %module.name, "the dispatcher is stuck in a plugin call; the module stops without it");
+            }
         }
         // Deliveries not in an attempt end now; attempts get the drain.
         module.stop(why);
@@ -203,18 +216,18 @@ impl Registry {
         let Some(current) = module.current.swap(None) else {
             return Err(LoadError::NotFound(name.to_owned()));
         };
-        let timeout = if force {
-            Duration::ZERO
-        } else {
-            timeout.unwrap_or(current.spec.drain_timeout)
-        };
         let (_, finished) = drain::start(&module, current, &[], timeout, force);
         let report = drain::report(finished).await;
         if let Some((_, _, earlier_finished)) = earlier {
             drain::report(earlier_finished).await;
         }
         module.deliveries.close();
-        module.deliveries.wait().await;
+        if tokio::time::timeout(GRACE, module.deliveries.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(module = %module.name, "deliveries blocked in plugin calls are left behind");
+        }
         module.executor.shutdown();
         tracing::info!(module = %module.name, "module stopped");
         report.ok_or_else(|| LoadError::NotFound(name.to_owned()))

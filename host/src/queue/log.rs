@@ -11,8 +11,9 @@
 //! cheaper; a segment's data ends at the first all-zero record header.
 //!
 //! Compaction keeps disk use proportional to what is still waiting: segments are deleted oldest
-//! first once nothing in them is live; an old segment that is more than 90% finished has its few
-//! live entries (and latest checkpoints) written again at the head, and is then deleted. Deleting
+//! first once nothing in them is live; an old segment that is at least half finished has its
+//! live entries (and latest checkpoints) written again at the head, and is then deleted, so disk
+//! use stays within about twice the bytes still live. Deleting
 //! oldest first keeps every acknowledgement that a live entry still needs.
 
 use std::collections::{BTreeMap, HashMap};
@@ -39,6 +40,10 @@ pub enum Op {
         route: String,
     },
     Started {
+        seq: u64,
+        route: String,
+    },
+    Ended {
         seq: u64,
         route: String,
     },
@@ -246,6 +251,11 @@ impl Writer {
                     push_once(&mut l.started, route);
                 }
             }
+            Record::Ended { seq, route } => {
+                if let Some(l) = self.live.get_mut(&seq) {
+                    l.started.retain(|r| *r != route);
+                }
+            }
             Record::Done { seq } => {
                 self.forget(seq);
             }
@@ -401,13 +411,17 @@ impl Writer {
                     continue;
                 }
                 // Finishing an entry the log no longer holds changes nothing.
-                Op::Ack { seq, .. } | Op::Started { seq, .. } | Op::Done { seq }
+                Op::Ack { seq, .. }
+                | Op::Started { seq, .. }
+                | Op::Ended { seq, .. }
+                | Op::Done { seq }
                     if !self.live.contains_key(&seq) =>
                 {
                     continue
                 }
                 Op::Ack { seq, route } => Record::Ack { seq, route },
                 Op::Started { seq, route } => Record::Started { seq, route },
+                Op::Ended { seq, route } => Record::Ended { seq, route },
                 Op::Done { seq } => Record::Done { seq },
                 Op::Checkpoint {
                     module,
@@ -486,10 +500,11 @@ impl Writer {
                 .map(|(k, _)| k.clone())
                 .collect();
             if s.live > 0 || !pinned_checkpoints.is_empty() {
-                // Still in use: leave it, it empties by itself as its entries finish. Only a few
-                // stragglers (entries retrying for hours, a checkpoint) are moved forward, so that
-                // they do not hold every newer segment on disk.
-                if s.live_bytes * 10 > s.len {
+                // Still in use. Newer segments can only go after this one, so once at most half of
+                // it is live its entries are moved forward: a backlog of one failing actor never
+                // holds the finished segments of all the others, and disk use stays within about
+                // twice what is live. More than half live: it empties by itself as they finish.
+                if s.live_bytes * 2 > s.len {
                     break;
                 }
                 self.rewrite(oldest, pinned_checkpoints)?;
@@ -641,6 +656,15 @@ mod tests {
             seq: 4,
             route: "s".into(),
         });
+        // An attempt that ended (waiting for a retry) is no longer interrupted by a crash.
+        log.send(Op::Started {
+            seq: 1,
+            route: "x".into(),
+        });
+        log.send(Op::Ended {
+            seq: 1,
+            route: "x".into(),
+        });
         log.send(Op::Checkpoint {
             module: "m".into(),
             source: "feed".into(),
@@ -652,6 +676,7 @@ mod tests {
         assert_eq!(seqs(&r), [1, 3, 4]);
         assert_eq!(r.entries[1].done, ["a"]);
         assert_eq!(r.entries[2].started, ["s"]);
+        assert!(r.entries[0].started.is_empty());
         assert_eq!(r.entries[2].event, br#"{"n":4}"#);
         assert_eq!(r.checkpoints, [("m".into(), "feed".into(), "9".into())]);
         assert_eq!(r.next_seq, 5);

@@ -129,20 +129,42 @@ impl Ticket {
     /// An attempt along `route` starts, for an actor that must not run a delivery twice;
     /// resolves once that is durable, so that a crash during the attempt is known afterwards.
     pub async fn started(&self, route: &str) {
-        let Some(q) = self.0.queue.upgrade() else {
-            return;
-        };
-        let Some(log) = &q.log else { return };
-        log.send(Op::Started {
+        self.durably(Op::Started {
             seq: self.0.seq,
             route: route.to_owned(),
-        });
-        let (tx, rx) = oneshot::channel();
-        log.send(Op::Sync(Box::new(move || {
-            let _ = tx.send(());
-        })));
-        drop(q);
-        let _ = rx.await;
+        })
+        .await
+    }
+
+    /// The attempt that [`started`](Self::started) ended without finishing the route (it waits
+    /// for a retry).
+    pub fn ended(&self, route: &str) {
+        if let Some(q) = self.0.queue.upgrade() {
+            q.send(Op::Ended {
+                seq: self.0.seq,
+                route: route.to_owned(),
+            });
+        }
+    }
+
+    /// Like [`ack`](Self::ack), and waits until the acknowledgement is durable (for a route whose
+    /// start was stored: after a crash, the start alone would count as interrupted).
+    pub async fn ack_durably(&self, route: &str) {
+        self.durably(Op::Ack {
+            seq: self.0.seq,
+            route: route.to_owned(),
+        })
+        .await
+    }
+
+    /// Sends `op` to the log and waits until it is durable (at once without a log).
+    async fn durably(&self, op: Op) {
+        if let Some(q) = self.0.queue.upgrade() {
+            q.send(op);
+            let synced = q.synced();
+            drop(q);
+            let _ = synced.await;
+        }
     }
 
     /// Routing is over: the entry is done once the last clone of this ticket is dropped.
@@ -219,6 +241,19 @@ impl Shared {
         if let Some(log) = &self.log {
             log.send(op);
         }
+    }
+
+    /// Resolves once everything sent to the log so far is durable.
+    fn synced(&self) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        let done = move || {
+            let _ = tx.send(());
+        };
+        match &self.log {
+            Some(log) => log.send(Op::Sync(Box::new(done))),
+            None => done(),
+        }
+        rx
     }
 
     fn release(&self, module: &str, seq: u64, bytes: u64) {
@@ -483,12 +518,7 @@ impl Queue {
 
     /// Waits until everything sent to the log so far is durable (at shutdown).
     pub async fn sync(&self) {
-        let Some(log) = &self.shared.log else { return };
-        let (tx, rx) = oneshot::channel();
-        log.send(Op::Sync(Box::new(move || {
-            let _ = tx.send(());
-        })));
-        let _ = rx.await;
+        let _ = self.shared.synced().await;
     }
 }
 

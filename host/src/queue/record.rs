@@ -19,6 +19,8 @@ pub enum Record {
     /// An attempt along route `route` of entry `seq` starts, for an actor that must not run a
     /// delivery twice (`interrupted: dead_letter`): after a crash, it is dead-lettered instead.
     Started { seq: u64, route: String },
+    /// That attempt ended (and the delivery waits for a retry): no longer interrupted by a crash.
+    Ended { seq: u64, route: String },
     /// Entry `seq` is finished: every route it took is.
     Done { seq: u64 },
     /// The latest checkpoint of a polled source.
@@ -52,6 +54,7 @@ const ACK: u8 = 2;
 const DONE: u8 = 3;
 const CHECKPOINT: u8 = 4;
 const STARTED: u8 = 5;
+const ENDED: u8 = 6;
 
 /// Bytes of framing before the kind.
 pub const HEADER: usize = 8;
@@ -72,11 +75,13 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) {
             put_list(out, &p.started);
             out.extend_from_slice(&p.event);
         }
-        Record::Ack { seq, route } | Record::Started { seq, route } => {
-            out.push(if matches!(record, Record::Ack { .. }) {
-                ACK
-            } else {
-                STARTED
+        Record::Ack { seq, route }
+        | Record::Started { seq, route }
+        | Record::Ended { seq, route } => {
+            out.push(match record {
+                Record::Ack { .. } => ACK,
+                Record::Started { .. } => STARTED,
+                _ => ENDED,
             });
             out.extend_from_slice(&seq.to_le_bytes());
             put_str(out, route);
@@ -162,6 +167,10 @@ pub fn decode(buf: &[u8]) -> Result<(Record, usize), Unreadable> {
             seq: r.u64()?,
             route: r.string()?,
         },
+        ENDED => Record::Ended {
+            seq: r.u64()?,
+            route: r.string()?,
+        },
         DONE => Record::Done { seq: r.u64()? },
         CHECKPOINT => Record::Checkpoint {
             module: r.string()?,
@@ -236,6 +245,10 @@ mod tests {
                 route: "r".into(),
             },
             Record::Started {
+                seq: 7,
+                route: "c".into(),
+            },
+            Record::Ended {
                 seq: 7,
                 route: "c".into(),
             },
