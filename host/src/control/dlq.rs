@@ -110,7 +110,25 @@ async fn replay(app: &AppState, letters: Vec<DeadLetter>) -> Value {
     json!({"replayed": replayed, "failed": failed})
 }
 
+/// Claims the letter (a concurrent replay of it finds nothing), stores its delivery again, then
+/// deletes it; on any failure it goes back to the list.
 async fn replay_letter(app: &AppState, letter: &DeadLetter) -> Result<(), String> {
+    let dead = &app.registry.queue.dead;
+    let claimed = dead
+        .claim(&letter.id)
+        .ok_or_else(|| format!("dead letter {} is no longer there", letter.id))?;
+    match store_again(app, &claimed).await {
+        Ok(()) => dead
+            .delete(claimed)
+            .map_err(|e| format!("replayed, but the letter could not be removed: {e}")),
+        Err(e) => {
+            dead.put_back(claimed);
+            Err(e)
+        }
+    }
+}
+
+async fn store_again(app: &AppState, letter: &DeadLetter) -> Result<(), String> {
     let module = app.registry.module(&letter.module).ok_or_else(|| {
         format!(
             "module {} is not loaded; load it, then replay",
@@ -124,13 +142,7 @@ async fn replay_letter(app: &AppState, letter: &DeadLetter) -> Result<(), String
         .map_err(|e| e.to_string())?
         .wait()
         .await
-        .map_err(|e| e.to_string())?;
-    app.registry
-        .queue
-        .dead
-        .remove(&letter.id)
-        .map(drop)
-        .map_err(|e| format!("replayed, but the letter could not be removed: {e}"))
+        .map_err(|e| e.to_string())
 }
 
 fn not_found(id: &str) -> ApiError {

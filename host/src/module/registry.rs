@@ -124,10 +124,10 @@ impl Registry {
             modules.insert(module.name.clone(), module.clone());
         }
         // Entries stored for this module before (by an earlier run) are routed first.
-        let entries = self
+        let connection = self
             .queue
             .register(&module.name, generation.spec.max_queue_bytes);
-        module.start_dispatcher(entries);
+        module.start_dispatcher(connection);
         self.rebuild_webhooks();
         module.pollers.reconcile(&module, &generation);
         if let Some(debounce) = *self.watch.lock().unwrap_or_else(|e| e.into_inner()) {
@@ -180,7 +180,7 @@ impl Registry {
         module.pollers.stop_all().await;
         // No more entries: at an unload the dispatcher routes what it holds, at a shutdown it
         // stops at once and the rest stays stored.
-        self.queue.unregister(&module.name);
+        module.disconnect();
         if why == Stopping::Shutdown {
             module.stop_dispatching.cancel();
         }

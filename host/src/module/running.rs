@@ -12,7 +12,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwapOption;
 use orgloop_plugin_sdk::Event;
 use serde::Serialize;
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -24,7 +23,7 @@ use super::report::{DrainReport, ReloadOutcome};
 use crate::config::ConfigError;
 use crate::engine::dispatch::dispatch;
 use crate::engine::route::RouteStats;
-use crate::queue::{Entry, Queue, Refused, Stored};
+use crate::queue::{Connection, Queue, Refused, Stored};
 
 /// Counters of one source, kept across reloads by source id.
 #[derive(Debug, Default)]
@@ -133,6 +132,8 @@ pub struct Module {
     pub calls: CallWatch,
     /// The task that routes stored entries, and the switch that stops it before its channel ends.
     pub(super) dispatcher: Mutex<Option<JoinHandle<()>>>,
+    /// Its registration with the queue, while it is connected.
+    connection: Mutex<Option<Connection>>,
     pub(super) stop_dispatching: CancellationToken,
     source_stats: Mutex<HashMap<String, Arc<SourceStats>>>,
     actor_stats: Mutex<HashMap<String, Arc<ActorStats>>>,
@@ -165,6 +166,7 @@ impl Module {
             stopping: CancellationToken::new(),
             stopping_for: Mutex::new(None),
             dispatcher: Mutex::default(),
+            connection: Mutex::default(),
             stop_dispatching: CancellationToken::new(),
             source_stats: Mutex::default(),
             actor_stats: Mutex::default(),
@@ -210,6 +212,18 @@ impl Module {
             .unwrap_or(Stopping::Shutdown)
     }
 
+    /// Disconnects the module from the queue: its dispatcher ends after what it holds.
+    pub(super) fn disconnect(&self) {
+        let connection = self
+            .connection
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(c) = connection {
+            self.queue.unregister(&self.name, &c);
+        }
+    }
+
     /// Raises [`stopping`](Self::stopping) for `why`.
     pub(super) fn stop(&self, why: Stopping) {
         *self.stopping_for.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
@@ -228,7 +242,11 @@ impl Module {
 
     /// Starts routing what the queue hands this module: each entry through the generation that
     /// is current when its turn comes.
-    pub(super) fn start_dispatcher(self: &Arc<Self>, mut rx: mpsc::UnboundedReceiver<Entry>) {
+    pub(super) fn start_dispatcher(self: &Arc<Self>, mut connection: Connection) {
+        let Some(mut rx) = connection.entries.take() else {
+            return;
+        };
+        *self.connection.lock().unwrap_or_else(|e| e.into_inner()) = Some(connection);
         let module = Arc::downgrade(self);
         let stop = self.stop_dispatching.clone();
         let task = self.executor.spawn(async move {

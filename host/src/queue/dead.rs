@@ -100,16 +100,35 @@ impl DeadLetters {
 
     /// Removes one; `false` when there is none with that id.
     pub fn remove(&self, id: &str) -> io::Result<bool> {
-        if self.lock().remove(id).is_none() {
-            return Ok(false);
+        match self.claim(id) {
+            Some(letter) => self.delete(letter).map(|()| true),
+            None => Ok(false),
         }
-        if let Some(dir) = &self.dir {
-            match std::fs::remove_file(dir.join(format!("{id}.json"))) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                _ => {}
+    }
+
+    /// Takes a letter out of the list (so that nobody else replays it meanwhile); its file stays
+    /// until [`delete`](Self::delete), or [`put_back`](Self::put_back) returns it.
+    pub fn claim(&self, id: &str) -> Option<DeadLetter> {
+        self.lock().remove(id)
+    }
+
+    /// Returns a claimed letter to the list.
+    pub fn put_back(&self, letter: DeadLetter) {
+        self.lock().insert(letter.id.clone(), letter);
+    }
+
+    /// Deletes a claimed letter's file; on failure it is back in the list.
+    pub fn delete(&self, letter: DeadLetter) -> io::Result<()> {
+        let Some(dir) = &self.dir else {
+            return Ok(());
+        };
+        match std::fs::remove_file(dir.join(format!("{}.json", letter.id))) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                self.put_back(letter);
+                Err(e)
             }
+            _ => Ok(()),
         }
-        Ok(true)
     }
 
     pub fn get(&self, id: &str) -> Option<DeadLetter> {

@@ -437,8 +437,8 @@ impl Queue {
     }
 
     /// Connects module `module`'s dispatcher, with its byte limit; the entries waiting for it
-    /// come first, in the order they were accepted.
-    pub fn register(&self, module: &str, max_bytes: u64) -> mpsc::UnboundedReceiver<Entry> {
+    /// come first, in the order they were accepted. The [`Connection`] disconnects it again.
+    pub fn register(&self, module: &str, max_bytes: u64) -> Connection {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut lanes = self.shared.lanes();
         let lane = lanes.entry(module.to_owned()).or_insert_with(Lane::new);
@@ -448,8 +448,12 @@ impl Queue {
         for entry in parked {
             let _ = tx.send(entry);
         }
+        let sender = tx.downgrade();
         lane.tx = Some(tx);
-        rx
+        Connection {
+            entries: Some(rx),
+            sender,
+        }
     }
 
     /// Changes a module's byte limit (after a reload).
@@ -459,10 +463,16 @@ impl Queue {
         }
     }
 
-    /// Disconnects a module's dispatcher: its channel ends after what it holds.
-    pub fn unregister(&self, module: &str) {
+    /// Disconnects a module's dispatcher: its channel ends after what it holds. Only `connection`'s
+    /// own: a module of the same name loaded meanwhile stays connected.
+    pub fn unregister(&self, module: &str, connection: &Connection) {
+        let Some(ours) = connection.sender.upgrade() else {
+            return;
+        };
         if let Some(lane) = self.shared.lanes().get_mut(module) {
-            lane.tx = None;
+            if lane.tx.as_ref().is_some_and(|tx| tx.same_channel(&ours)) {
+                lane.tx = None;
+            }
         }
     }
 
@@ -520,6 +530,13 @@ impl Queue {
     pub async fn sync(&self) {
         let _ = self.shared.synced().await;
     }
+}
+
+/// A module's connection to the queue: the entries for its dispatcher, and what tells its own
+/// registration apart from a later one under the same name.
+pub struct Connection {
+    pub entries: Option<mpsc::UnboundedReceiver<Entry>>,
+    sender: mpsc::WeakUnboundedSender<Entry>,
 }
 
 /// The answer to one [`Queue::append`]: resolves once the entry is stored.
