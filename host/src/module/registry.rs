@@ -207,11 +207,16 @@ impl Registry {
         }
         // Deliveries not in an attempt end now; attempts get the drain.
         module.stop(why);
-        // A generation still draining from an earlier reload ends with this one (forced too,
-        // with `force`), and the stop waits for both.
+        // A generation still draining from an earlier reload ends with this one: at once with
+        // `force`, else within this stop's own timeout (not the earlier reload's, which may be
+        // longer); the stop waits for both.
         let earlier = drain::current(&module);
-        if let Some((_, earlier_force, _)) = earlier.as_ref().filter(|_| force) {
-            earlier_force.cancel();
+        if let Some((_, earlier_force, _)) = &earlier {
+            let earlier_force = earlier_force.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(timeout).await;
+                earlier_force.cancel();
+            });
         }
         let Some(current) = module.current.swap(None) else {
             return Err(LoadError::NotFound(name.to_owned()));

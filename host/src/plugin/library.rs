@@ -310,7 +310,7 @@ impl PluginActor {
             fut: self.obj.deliver(wire, cancel),
             convert,
             panicked: || Err(Failure::new(PANICKED)),
-            _lib: self.lib.clone(),
+            lib: self.lib.clone(),
         }
     }
 }
@@ -346,7 +346,7 @@ impl PluginSource {
             fut: self.obj.poll(checkpoint),
             convert,
             panicked: || Err(PANICKED.to_owned()),
-            _lib: self.lib.clone(),
+            lib: self.lib.clone(),
         }
     }
 }
@@ -362,15 +362,28 @@ struct WithLibrary<F: Future, T> {
     fut: F,
     convert: fn(F::Output) -> T,
     panicked: fn() -> T,
-    _lib: Arc<Library>,
+    lib: Arc<Library>,
 }
+
+/// A single poll of a plugin future longer than this blocked its thread (a plugin must await
+/// the host instead); it is logged, as the module's threads are its own (see
+/// `crate::module::executor`).
+const BLOCKED: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl<F: Future + Unpin, T> Future for WithLibrary<F, T> {
     type Output = T;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let (convert, panicked) = (self.convert, self.panicked);
+        let started = std::time::Instant::now();
         let fut = &mut self.fut;
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Pin::new(fut).poll(cx))) {
+        let polled =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Pin::new(fut).poll(cx)));
+        let took = started.elapsed();
+        if took > BLOCKED {
+            let plugin = &self.lib.manifest().name;
+            tracing::warn!(plugin = %plugin, "a call of plugin {plugin} blocked its thread for {took:?}");
+        }
+        match polled {
             Ok(p) => p.map(convert),
             Err(_) => Poll::Ready(panicked()),
         }

@@ -9,7 +9,7 @@
 //! abi_stable is pinned to `=0.11.3` because some of these items are public but doc-hidden.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
 
 use abi_stable::abi_stability::abi_checking::{
@@ -61,12 +61,15 @@ impl std::fmt::Display for PluginLoadError {
     }
 }
 
-/// Loads plugin libraries for one daemon. A copy that is already loaded is shared, not opened
-/// twice (the loader would hand back the same image anyway).
+/// A build of a module's plugin: the module's name and the content hash.
+type BuildKey = (String, String);
+
+/// Loads plugin libraries for one daemon. A build that is already loaded for a module is shared
+/// (by content hash), not opened twice — also when it was mapped from a copy of its own.
 #[derive(Clone)]
 pub struct Loader {
     store: PluginStore,
-    loaded: Arc<Mutex<HashMap<PathBuf, Weak<Library>>>>,
+    loaded: Arc<Mutex<HashMap<BuildKey, Weak<Library>>>>,
 }
 
 impl Loader {
@@ -90,7 +93,8 @@ impl Loader {
         };
         let stored = import(false)?;
         let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(lib) = loaded.get(&stored.path).and_then(Weak::upgrade) {
+        let key = (module.to_owned(), stored.hash.clone());
+        if let Some(lib) = loaded.get(&key).and_then(Weak::upgrade) {
             return Ok(lib);
         }
         // Leased by a library no one uses any more: it is being closed (see `super::close`).
@@ -109,7 +113,7 @@ impl Loader {
             stored,
             source.to_path_buf(),
         ));
-        loaded.insert(lib.path().to_path_buf(), Arc::downgrade(&lib));
+        loaded.insert(key, Arc::downgrade(&lib));
         Ok(lib)
     }
 }

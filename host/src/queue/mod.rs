@@ -100,6 +100,9 @@ struct TicketInner {
     queue: Weak<Shared>,
     dispatched: AtomicBool,
     abandoned: AtomicBool,
+    /// Counted against the daemon's total: from acceptance, or (read back at start) from when
+    /// its module is loaded, so that a module no longer configured holds no one else's room.
+    counted: AtomicBool,
 }
 
 impl Ticket {
@@ -186,7 +189,12 @@ impl Drop for TicketInner {
         };
         let done =
             self.dispatched.load(Ordering::Acquire) && !self.abandoned.load(Ordering::Acquire);
-        q.release(&self.module, self.seq, self.bytes);
+        q.release(
+            &self.module,
+            self.seq,
+            self.bytes,
+            self.counted.load(Ordering::Acquire),
+        );
         if done {
             q.send(Op::Done { seq: self.seq });
         } else {
@@ -256,12 +264,14 @@ impl Shared {
         rx
     }
 
-    fn release(&self, module: &str, seq: u64, bytes: u64) {
+    fn release(&self, module: &str, seq: u64, bytes: u64, counted: bool) {
         if let Some(lane) = self.lanes().get_mut(module) {
             lane.used = lane.used.saturating_sub(bytes);
             lane.waiting.remove(&seq);
         }
-        self.used_total.fetch_sub(bytes, Ordering::Relaxed);
+        if counted {
+            self.used_total.fetch_sub(bytes, Ordering::Relaxed);
+        }
     }
 
     /// Gives a stored entry to its module's dispatcher, or parks it until the module is loaded.
@@ -433,7 +443,7 @@ impl Queue {
     }
 
     fn ticket(&self, seq: u64, module: &str, bytes: u64) -> Ticket {
-        new_ticket(&self.shared, seq, module, bytes)
+        new_ticket(&self.shared, seq, module, bytes, true)
     }
 
     /// Connects module `module`'s dispatcher, with its byte limit; the entries waiting for it
@@ -446,6 +456,11 @@ impl Queue {
         let mut parked = std::mem::take(&mut lane.parked);
         parked.sort_by_key(|e| e.ticket.seq());
         for entry in parked {
+            if !entry.ticket.0.counted.swap(true, Ordering::AcqRel) {
+                self.shared
+                    .used_total
+                    .fetch_add(entry.ticket.0.bytes, Ordering::Relaxed);
+            }
             let _ = tx.send(entry);
         }
         let sender = tx.downgrade();
@@ -552,7 +567,7 @@ impl Stored {
     }
 }
 
-fn new_ticket(shared: &Arc<Shared>, seq: u64, module: &str, bytes: u64) -> Ticket {
+fn new_ticket(shared: &Arc<Shared>, seq: u64, module: &str, bytes: u64, counted: bool) -> Ticket {
     Ticket(Arc::new(TicketInner {
         seq,
         module: module.to_owned(),
@@ -560,6 +575,7 @@ fn new_ticket(shared: &Arc<Shared>, seq: u64, module: &str, bytes: u64) -> Ticke
         queue: Arc::downgrade(shared),
         dispatched: AtomicBool::new(false),
         abandoned: AtomicBool::new(false),
+        counted: AtomicBool::new(counted),
     }))
 }
 
@@ -568,7 +584,8 @@ fn new_ticket(shared: &Arc<Shared>, seq: u64, module: &str, bytes: u64) -> Ticke
 /// small event waiting on a failing actor; BENCHMARKS.md).
 const RESIDENT: u64 = 2048;
 
-/// Parks an entry read back at startup, counted against the limits like any other.
+/// Parks an entry read back at startup: counted against its module's limit, and against the
+/// daemon's once its module is loaded.
 fn restore(shared: &Arc<Shared>, put: Put) {
     let bytes = (put.event.len() + record::HEADER + 64) as u64 + RESIDENT;
     let event = match Event::parse(&put.event) {
@@ -585,9 +602,8 @@ fn restore(shared: &Arc<Shared>, put: Put) {
         lane.used += bytes;
         lane.waiting.insert(put.seq, put.accepted_ms);
     }
-    shared.used_total.fetch_add(bytes, Ordering::Relaxed);
     let entry = Entry {
-        ticket: new_ticket(shared, put.seq, &put.module, bytes),
+        ticket: new_ticket(shared, put.seq, &put.module, bytes, false),
         accepted_ms: put.accepted_ms,
         route: put.route,
         done: put.done,
@@ -623,4 +639,63 @@ fn lock_dir(dir: &Path) -> io::Result<std::fs::File> {
     file.set_len(0)?;
     std::io::Write::write_all(&mut &file, std::process::id().to_string().as_bytes())?;
     Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orgloop_plugin_sdk::EventType;
+
+    fn options(dir: &Path, max_bytes: u64) -> Options {
+        Options {
+            durability: Durability::Disk,
+            dir: dir.to_owned(),
+            max_bytes,
+            segment_bytes: 1 << 20,
+        }
+    }
+
+    fn event(n: u64) -> Event {
+        Event::builder("in", EventType::ResourceChanged)
+            .payload(serde_json::json!({ "n": n }))
+            .build()
+    }
+
+    #[tokio::test]
+    async fn entries_of_a_module_not_loaded_take_no_room_from_the_others() {
+        let dir = std::env::temp_dir().join(format!("orgloop-queue-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        {
+            let q = Queue::open(&options(&dir, u64::MAX)).unwrap();
+            let _old = q.register("old", u64::MAX);
+            for n in 0..20 {
+                q.append("old", None, event(n))
+                    .unwrap()
+                    .wait()
+                    .await
+                    .unwrap();
+            }
+        }
+        // Room for a few events only: the 20 stored ones of "old" wait without counting.
+        let q = Queue::open(&options(&dir, 4 * (RESIDENT + 600))).unwrap();
+        assert_eq!(q.unfinished(), 20);
+        let _new = q.register("new", u64::MAX);
+        q.append("new", None, event(1))
+            .unwrap()
+            .wait()
+            .await
+            .unwrap();
+        // Once "old" is loaded, its entries count, and the daemon is full.
+        let mut old = q.register("old", u64::MAX);
+        assert!(matches!(
+            q.append("new", None, event(2)),
+            Err(Refused::Full(_))
+        ));
+        let first = old.entries.as_mut().unwrap().recv().await.unwrap();
+        assert_eq!(
+            first.event.payload().get("n").and_then(|n| n.as_u64()),
+            Some(0)
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
