@@ -31,3 +31,4 @@ pub mod ingest;
 pub mod module;
 pub mod plugin;
 pub mod queue;
+pub mod systemd;

@@ -11,6 +11,7 @@ mod drain;
 mod durability;
 mod isolation;
 mod loader;
+mod ops;
 mod quickstart;
 mod reload;
 mod reload_rejects;

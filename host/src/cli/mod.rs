@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 /// orgloop: a declarative event router for autonomous AI organizations, with hot-swappable plugin
 /// modules.
 #[derive(Debug, Parser)]
-#[command(name = "orgloop", version, about, long_about = None)]
+#[command(name = "orgloop", version = version(), about, long_about = None)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -27,6 +27,22 @@ pub enum Command {
     Module(module::ModuleArgs),
     /// Inspect, replay or purge the dead letters of a running daemon.
     Dlq(dlq::DlqArgs),
+}
+
+/// `orgloop --version`: the daemon's version, and the plugin ABI and SDK it loads plugins of.
+fn version() -> &'static str {
+    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    VERSION.get_or_init(|| {
+        let sdk = orgloop_plugin_sdk::abi::AbiStamp::CURRENT.sdk_version;
+        format!(
+            "{} (plugin ABI {}, orgloop-plugin-sdk {}.{}.{})",
+            env!("CARGO_PKG_VERSION"),
+            orgloop_plugin_sdk::abi::ABI_VERSION,
+            sdk[0],
+            sdk[1],
+            sdk[2]
+        )
+    })
 }
 
 /// Exit codes shared by the subcommands.

@@ -64,10 +64,13 @@ pub struct StartArgs {
     /// Connections served at once; beyond, a new one is answered 503 and closed.
     #[arg(long, env = "ORGLOOP_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: u64,
+    /// The daemon's own log: `text` or `json` (one object a line).
+    #[arg(long, env = "ORGLOOP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 pub fn run(args: StartArgs) -> ExitCode {
-    init_tracing();
+    init_tracing(args.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -189,7 +192,14 @@ async fn daemon(args: StartArgs, listener: TcpListener) -> u8 {
     if args.watch {
         registry.watch_all(args.debounce);
     }
-    tokio::spawn(reload_on_sighup(registry.clone()));
+    // Registered before READY=1: the default action of these signals would end the daemon.
+    let stop_signal = shutdown_signal();
+    match signal(SignalKind::hangup()) {
+        Ok(hup) => {
+            tokio::spawn(reload_on_sighup(registry.clone(), hup));
+        }
+        Err(e) => tracing::warn!("SIGHUP will not reload: {e}"),
+    }
     tracing::info!(
         port,
         modules = %loaded.join(", "),
@@ -198,6 +208,11 @@ async fn daemon(args: StartArgs, listener: TcpListener) -> u8 {
         startup_ms = started.elapsed().as_millis() as u64,
         "orgloop listening on http://127.0.0.1:{port}"
     );
+    crate::systemd::ready(&format!(
+        "listening on 127.0.0.1:{port}; modules: {}",
+        loaded.join(", ")
+    ));
+    crate::systemd::spawn_watchdog();
 
     let state = AppState {
         registry: registry.clone(),
@@ -205,12 +220,20 @@ async fn daemon(args: StartArgs, listener: TcpListener) -> u8 {
         port,
         token: Arc::from(token.as_str()),
         body_timeout: args.body_timeout,
+        stopping: Arc::default(),
     };
     let limits = server::Limits {
         header_timeout: args.header_timeout,
         max_connections: args.max_connections as usize,
     };
-    let result = server::serve(listener, state, limits, shutdown_signal()).await;
+    let stopping = state.stopping.clone();
+    let shutdown = async move {
+        stop_signal.await;
+        // Not ready from here on (`/readyz`), while open requests are still answered.
+        stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+        crate::systemd::stopping();
+    };
+    let result = server::serve(listener, state, limits, shutdown).await;
     tracing::info!(
         "shutting down: waiting up to {:?} for in-flight deliveries",
         args.shutdown_timeout
@@ -236,12 +259,10 @@ fn cleanup(store: &PluginStore, port: u16, token: &str) {
 }
 
 /// SIGHUP reloads every module (so a service manager's reload works).
-async fn reload_on_sighup(registry: Arc<Registry>) {
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        return;
-    };
+async fn reload_on_sighup(registry: Arc<Registry>, mut hup: tokio::signal::unix::Signal) {
     while hup.recv().await.is_some() {
         tracing::info!("SIGHUP: reloading every module");
+        crate::systemd::reloading();
         for m in registry.modules() {
             match registry.reload(&m.name, &ReloadOptions::default()).await {
                 Ok(ReloadOutcome::Rejected { errors, .. }) => {
@@ -253,28 +274,46 @@ async fn reload_on_sighup(registry: Arc<Registry>) {
                 _ => {}
             }
         }
+        crate::systemd::ready("reloaded");
     }
 }
 
-async fn shutdown_signal() {
-    let (Ok(mut term), Ok(mut int)) = (
+/// Completes at SIGTERM or SIGINT. The handlers are installed when this is called, not when it
+/// is first polled, so that a signal in between is not taken by its default action.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    let signals = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = signals else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
     }
 }
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ORGLOOP_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = match format {
+        LogFormat::Text => fmt.try_init(),
+        LogFormat::Json => fmt.json().try_init(),
+    };
+}
+
+/// How the daemon writes its own log (the events' log phases go to the module's loggers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Lines for people.
+    Text,
+    /// One JSON object a line, for log shippers.
+    Json,
 }

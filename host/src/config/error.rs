@@ -53,31 +53,19 @@ impl fmt::Display for ConfigError {
 }
 
 /// `; did you mean "x"?` for the candidate closest to `name`, if one is close enough to be a typo.
+/// Distances are optimal string alignment (a swap of two neighbouring letters, as in `snik` for
+/// `sink`, is one edit) and ignore case.
 pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
+    let lower = name.to_lowercase();
     let best = candidates
         .into_iter()
-        .map(|c| (levenshtein(name, c), c))
+        .map(|c| (strsim::osa_distance(&lower, &c.to_lowercase()), c))
         .filter(|(d, c)| *d <= (name.len().max(c.len()) / 3).max(1))
         .min();
     match best {
         Some((_, c)) => format!("; did you mean \"{c}\"?"),
         None => String::new(),
     }
-}
-
-fn levenshtein(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
-            prev = cur;
-        }
-    }
-    row[b.len()]
 }
 
 /// Prints errors one per line, for the CLI.
@@ -88,6 +76,18 @@ pub fn render(errors: &[ConfigError]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_transposition_and_a_change_of_case_are_one_typo_away() {
+        assert_eq!(
+            did_you_mean("snik", ["sink", "source"]),
+            "; did you mean \"sink\"?"
+        );
+        assert_eq!(
+            did_you_mean("Notify", ["notify"]),
+            "; did you mean \"notify\"?"
+        );
+    }
 
     #[test]
     fn suggests_only_close_names() {

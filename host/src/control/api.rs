@@ -1,4 +1,6 @@
-//! Read-only status, in upstream's shapes: `GET /api/status` and `GET /api/routes`.
+//! Read-only status, in upstream's shapes: `GET /api/status` and `GET /api/routes`; and the
+//! probes a load balancer or an orchestrator asks: `GET /healthz` (the process serves) and
+//! `GET /readyz` (it can take events).
 
 use std::sync::atomic::Ordering;
 
@@ -118,4 +120,33 @@ pub async fn routes(State(app): State<AppState>) -> Json<Value> {
 
 fn ms_to_time(ms: i64) -> std::time::SystemTime {
     std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64)
+}
+
+/// `GET /healthz`: the daemon answers.
+pub async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// `GET /readyz`: 200 when the daemon can take events — at least one module is loaded, the store
+/// writes, and it is not shutting down; else 503 with the reasons.
+pub async fn readyz(State(app): State<AppState>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut not_ready = Vec::new();
+    if app.stopping.load(Ordering::Relaxed) {
+        not_ready.push("shutting down".to_owned());
+    }
+    if app.registry.modules().is_empty() {
+        not_ready.push("no module is loaded".to_owned());
+    }
+    if let Some(e) = app.registry.queue.write_error() {
+        not_ready.push(format!("the store cannot write: {e}"));
+    }
+    if not_ready.is_empty() {
+        return Json(json!({"status": "ready"})).into_response();
+    }
+    (
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"status": "not ready", "reasons": not_ready})),
+    )
+        .into_response()
 }

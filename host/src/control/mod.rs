@@ -30,6 +30,8 @@ pub struct AppState {
     pub token: Arc<str>,
     /// How long a webhook's body may take to arrive.
     pub body_timeout: std::time::Duration,
+    /// Raised when the daemon starts shutting down (it is no longer ready).
+    pub stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// `{"error": message}` with a status, the shape of every error answer.

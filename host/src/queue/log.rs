@@ -21,7 +21,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 
 use super::record::{decode, encode, Put, Record, Unreadable, HEADER, MAGIC};
@@ -71,7 +71,11 @@ pub struct Recovered {
 pub struct Log {
     tx: mpsc::Sender<Op>,
     thread: Option<JoinHandle<()>>,
+    failing: Failing,
 }
+
+/// The error of the last write, while writes fail.
+type Failing = Arc<Mutex<Option<String>>>;
 
 impl Log {
     /// Opens (or creates) the log in `dir`, reads back what it holds, and starts the writer.
@@ -79,6 +83,7 @@ impl Log {
     pub fn open(dir: &Path, segment_bytes: u64) -> io::Result<(Log, Recovered)> {
         std::fs::create_dir_all(dir)?;
         let mut writer = Writer::recover(dir, segment_bytes)?;
+        let failing = writer.failing.clone();
         let recovered = writer.recovered()?;
         writer.start_segment()?;
         let (tx, rx) = mpsc::channel();
@@ -89,9 +94,18 @@ impl Log {
             Log {
                 tx,
                 thread: Some(thread),
+                failing,
             },
             recovered,
         ))
+    }
+
+    /// Why writes fail, while they do.
+    pub fn failing(&self) -> Option<String> {
+        self.failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn send(&self, op: Op) {
@@ -151,6 +165,7 @@ struct Writer {
     /// Latest checkpoint per (module, source), and the segment that holds it.
     checkpoints: HashMap<(String, String), (u64, String)>,
     next_seq: u64,
+    failing: Failing,
 }
 
 impl Writer {
@@ -182,6 +197,7 @@ impl Writer {
             live: HashMap::new(),
             checkpoints: HashMap::new(),
             next_seq: 1,
+            failing: Failing::default(),
         };
         let last = ids.last().copied();
         for id in ids {
@@ -468,17 +484,20 @@ impl Writer {
         let result =
             head.write_all_at(buf, start)
                 .and_then(|()| if sync { head.sync_data() } else { Ok(()) });
+        let failing = &mut *self.failing.lock().unwrap_or_else(|e| e.into_inner());
         match result {
             Ok(()) => {
                 if let Some(s) = self.segments.get_mut(&self.head_id) {
                     s.len += buf.len() as u64;
                 }
+                *failing = None;
                 Ok(())
             }
             Err(e) => {
                 // The next write goes to the same place; zeros mark where the data ends.
                 tracing::error!("store: writing failed: {e}");
                 let _ = head.write_all_at(&vec![0; buf.len()], start);
+                *failing = Some(e.to_string());
                 Err(e)
             }
         }

@@ -534,6 +534,11 @@ impl Queue {
         })
     }
 
+    /// Why the store cannot write, while that is so.
+    pub fn write_error(&self) -> Option<String> {
+        self.shared.log.as_ref().and_then(Log::failing)
+    }
+
     /// Entries let go unfinished so far, plus those waiting for a module that is not loaded:
     /// what the next start finds stored.
     pub fn unfinished(&self) -> u64 {
