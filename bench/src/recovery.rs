@@ -78,11 +78,7 @@ pub async fn run(
     if !args.daemon_env.is_empty() {
         out.line(format!(
             "daemon environment: {}",
-            args.daemon_env
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(" ")
+            crate::report::key_values(&args.daemon_env)
         ));
     }
     let control = Control::new(first.port, &first.token()?);

@@ -59,6 +59,15 @@ pub fn size(bytes: u64) -> String {
     }
 }
 
+/// `K=V K=V`, for the extra environment a daemon was started with.
+pub fn key_values(pairs: &[(String, String)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -114,14 +114,10 @@ pub async fn throughput(
         daemon.pid,
         daemon.port
     ));
-    if !env.is_empty() {
+    if !args.daemon_env.is_empty() {
         out.line(format!(
             "daemon environment: {}",
-            args.daemon_env
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(" ")
+            crate::report::key_values(&args.daemon_env)
         ));
     }
     out.line(format!(

@@ -118,14 +118,17 @@ impl Ticket {
         let last = Arc::strong_count(&self.0) == 1
             && self.0.dispatched.load(Ordering::Acquire)
             && !self.0.abandoned.load(Ordering::Acquire);
-        if last {
-            return;
-        }
-        if let Some(q) = self.0.queue.upgrade() {
-            q.send(Op::Ack {
+        if !last {
+            self.send(Op::Ack {
                 seq: self.0.seq,
                 route: route.to_owned(),
             });
+        }
+    }
+
+    fn send(&self, op: Op) {
+        if let Some(q) = self.0.queue.upgrade() {
+            q.send(op);
         }
     }
 
@@ -142,12 +145,10 @@ impl Ticket {
     /// The attempt that [`started`](Self::started) ended without finishing the route (it waits
     /// for a retry).
     pub fn ended(&self, route: &str) {
-        if let Some(q) = self.0.queue.upgrade() {
-            q.send(Op::Ended {
-                seq: self.0.seq,
-                route: route.to_owned(),
-            });
-        }
+        self.send(Op::Ended {
+            seq: self.0.seq,
+            route: route.to_owned(),
+        });
     }
 
     /// Like [`ack`](Self::ack), and waits until the acknowledgement is durable (for a route whose
