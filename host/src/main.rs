@@ -11,5 +11,7 @@ fn main() -> ExitCode {
         Command::Validate(args) => cli::validate::run(args),
         Command::Module(args) => cli::module::run(args),
         Command::Dlq(args) => cli::dlq::run(args),
+        Command::Completions(args) => cli::completions::run(args),
+        Command::Status(args) => cli::status::run(args),
     }
 }

@@ -27,6 +27,28 @@ fn module(dir: &Path, name: &str, actor_ref: &str) {
 }
 
 #[test]
+fn status_summarises_the_daemon_and_completions_cover_every_shell() {
+    let dir = test_dir("ops_status");
+    module(&dir.join("m"), "m", "sink");
+    let daemon = Daemon::start(&[&dir.join("m")], &base_env(&dir.join("home")));
+    let text = daemon.cli_ok(&["status"]);
+    assert_contains(&text, "durability disk");
+    assert_contains(&text, "generation 1");
+    assert_contains(&text, "dead letters: 0");
+    let (code, json) = daemon.cli_json(&["status", "--json"]);
+    assert_eq!(code, 0);
+    assert_eq!(json["modules"][0]["name"], "m");
+    for shell in ["bash", "zsh", "fish"] {
+        let out = orgloop(&["completions", shell], &base_env(&dir.join("home")));
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && script.contains("dlq"),
+            "{shell}: {script}"
+        );
+    }
+}
+
+#[test]
 fn health_and_readiness_probes_follow_the_daemon() {
     let dir = test_dir("ops_probes");
     module(&dir.join("m"), "m", "sink");

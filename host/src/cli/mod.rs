@@ -1,9 +1,11 @@
 //! The `orgloop` command line: one file per subcommand. Each only reads its arguments and calls
 //! into the library.
 
+pub mod completions;
 pub mod dlq;
 pub mod module;
 pub mod start;
+pub mod status;
 pub mod validate;
 
 use clap::{Parser, Subcommand};
@@ -27,6 +29,10 @@ pub enum Command {
     Module(module::ModuleArgs),
     /// Inspect, replay or purge the dead letters of a running daemon.
     Dlq(dlq::DlqArgs),
+    /// Summarise the running daemon: modules, generations, health, queues, last reloads.
+    Status(status::StatusArgs),
+    /// Print a shell completion script (bash, zsh or fish).
+    Completions(completions::CompletionsArgs),
 }
 
 /// `orgloop --version`: the daemon's version, and the plugin ABI and SDK it loads plugins of.
