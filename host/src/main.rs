@@ -13,5 +13,6 @@ fn main() -> ExitCode {
         Command::Dlq(args) => cli::dlq::run(args),
         Command::Completions(args) => cli::completions::run(args),
         Command::Status(args) => cli::status::run(args),
+        Command::Plugin(args) => cli::plugin::run(args),
     }
 }

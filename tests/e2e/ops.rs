@@ -166,3 +166,76 @@ fn version_names_the_plugin_abi_and_typos_get_suggestions() {
         "did you mean \"sink\"?",
     );
 }
+
+#[test]
+fn a_scaffolded_plugin_builds_passes_its_test_and_loads() {
+    let dir = test_dir("ops_plugin_new");
+    let env = base_env(&dir.join("home"));
+    let sdk = workspace().join("plugin-sdk");
+    let out = orgloop(
+        &[
+            "plugin",
+            "new",
+            "ops-greet",
+            "--kind",
+            "transform",
+            "--sdk-path",
+            sdk.to_str().unwrap(),
+            "--dir",
+            dir.to_str().unwrap(),
+        ],
+        &env,
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let crate_dir = dir.join("ops-greet");
+    for file in ["Cargo.toml", "src/lib.rs", "README.md", "module.yaml"] {
+        assert!(crate_dir.join(file).is_file(), "{file} was not written");
+    }
+    // The workspace's lock file and target directory: only the new crate is compiled.
+    std::fs::copy(workspace().join("Cargo.lock"), crate_dir.join("Cargo.lock")).unwrap();
+    let cargo = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO"))
+            .args(args)
+            .arg("--manifest-path")
+            .arg(crate_dir.join("Cargo.toml"))
+            .env("CARGO_TARGET_DIR", target_dir())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "cargo {args:?}:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_contains(&cargo(&["test"]), "test result: ok. 1 passed");
+    cargo(&["build", "--lib"]);
+
+    // The snippet's YAML, pointed at this build, loads in a module.
+    let m = dir.join("m");
+    let project = format!(
+        "apiVersion: orgloop/v1alpha1\nkind: Project\nmetadata: {{name: m}}\nplugins:\n  - {{name: ops-greet, path: {}}}\ntransforms: [transforms/t.yaml]\n",
+        target_dir().join("debug/libops_greet.so").display()
+    );
+    let snippet = std::fs::read_to_string(crate_dir.join("module.yaml")).unwrap();
+    let transforms = &snippet[snippet.find("transforms:").unwrap()..];
+    write_files(
+        &m,
+        &[
+            ("orgloop.yaml", &project),
+            ("transforms/t.yaml", transforms),
+        ],
+    );
+    let out = orgloop(&["validate", m.to_str().unwrap()], &env);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

@@ -4,6 +4,7 @@
 pub mod completions;
 pub mod dlq;
 pub mod module;
+pub mod plugin;
 pub mod start;
 pub mod status;
 pub mod validate;
@@ -29,6 +30,8 @@ pub enum Command {
     Module(module::ModuleArgs),
     /// Inspect, replay or purge the dead letters of a running daemon.
     Dlq(dlq::DlqArgs),
+    /// Start a new plugin crate (transform, actor or source) that builds and tests as it is.
+    Plugin(plugin::PluginArgs),
     /// Summarise the running daemon: modules, generations, health, queues, last reloads.
     Status(status::StatusArgs),
     /// Print a shell completion script (bash, zsh or fish).
