@@ -28,6 +28,7 @@ pub mod control;
 pub mod engine;
 pub mod home;
 pub mod ingest;
+pub mod metrics;
 pub mod module;
 pub mod plugin;
 pub mod queue;

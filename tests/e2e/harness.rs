@@ -98,13 +98,15 @@ pub fn rt() -> &'static tokio::runtime::Runtime {
     })
 }
 
-/// A response: status, headers (lower-case names) and body parsed as JSON (`Null` when it is not
-/// JSON).
+/// A response: status, headers (lower-case names), and the body parsed as JSON (`Null` when it is
+/// not JSON) and as text.
 #[derive(Debug, Clone)]
 pub struct Reply {
     pub status: u16,
     pub headers: HashMap<String, String>,
     pub json: Value,
+    /// The body as text.
+    pub text: String,
 }
 
 /// Sends one HTTP request.
@@ -130,6 +132,7 @@ pub fn request(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -
             status,
             headers,
             json: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            text: String::from_utf8_lossy(&bytes).into_owned(),
         }
     })
 }

@@ -48,6 +48,57 @@ fn status_summarises_the_daemon_and_completions_cover_every_shell() {
     }
 }
 
+/// The value of the sample `name{labels}` in a Prometheus text exposition.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+#[test]
+fn metrics_count_what_happened() {
+    let dir = test_dir("ops_metrics");
+    module(&dir.join("m"), "m", "sink");
+    let daemon = Daemon::start(&[&dir.join("m")], &base_env(&dir.join("home")));
+    for n in 0..5 {
+        assert_eq!(
+            daemon.post("in", &serde_json::json!({ "n": n })).status,
+            202
+        );
+    }
+    assert_eq!(daemon.post("nope", &serde_json::json!({})).status, 404);
+    daemon.wait_status("m", "the events to be delivered", |s| {
+        s["queue"]["entries"] == 0
+    });
+    let reply = request("GET", &daemon.url("/metrics"), &[], b"");
+    assert_eq!(reply.status, 200);
+    assert!(reply.headers["content-type"].starts_with("text/plain; version=0.0.4"));
+    let text = reply.text;
+    let value =
+        |series: &str| sample(&text, series).unwrap_or_else(|| panic!("no {series} in:\n{text}"));
+    assert_eq!(
+        value(r#"orgloop_webhooks_total{source="in",code="202"}"#),
+        5.0
+    );
+    assert_eq!(
+        value(r#"orgloop_webhooks_total{source="(unknown)",code="404"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"orgloop_route_matches_total{module="m",route="r"}"#),
+        5.0
+    );
+    assert_eq!(
+        value(r#"orgloop_deliveries_total{module="m",actor="sink",outcome="delivered"}"#),
+        5.0
+    );
+    assert_eq!(
+        value(r#"orgloop_delivery_seconds_count{module="m",actor="sink"}"#),
+        5.0
+    );
+    assert_eq!(value(r#"orgloop_queue_entries{module="m"}"#), 0.0);
+    assert_eq!(value(r#"orgloop_generation{module="m"}"#), 1.0);
+}
+
 #[test]
 fn health_and_readiness_probes_follow_the_daemon() {
     let dir = test_dir("ops_probes");

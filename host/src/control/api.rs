@@ -122,6 +122,20 @@ fn ms_to_time(ms: i64) -> std::time::SystemTime {
     std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64)
 }
 
+/// `GET /metrics`: the Prometheus text format (see [`crate::metrics`]).
+pub async fn metrics(State(app): State<AppState>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let text = crate::metrics::metrics().render(&app.registry);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
 /// `GET /healthz`: the daemon answers.
 pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))

@@ -66,6 +66,7 @@ pub fn router(state: AppState) -> Router {
             "/webhook/{source}",
             post(webhook::receive).fallback(method_not_allowed),
         )
+        .route("/metrics", get(api::metrics).fallback(method_not_allowed))
         .route("/healthz", get(api::healthz).fallback(method_not_allowed))
         .route("/readyz", get(api::readyz).fallback(method_not_allowed))
         .route("/api/status", get(api::status).fallback(method_not_allowed))

@@ -27,6 +27,7 @@ use orgloop_plugin_sdk::{format_timestamp, Event, Outcome};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::raw::Interrupted;
+use crate::metrics::{metrics, ActorLabels};
 use crate::module::running::{Count, Stopping};
 use crate::module::{Generation, Module};
 use crate::plugin::library::{DeliveryRequest, Failure};
@@ -183,6 +184,7 @@ async fn run(module: Arc<Module>, job: Job) {
             return dead(&module, &g, &job, &actor_id, &why, &p).await;
         }
         let wait = delay(&actor.retry, p.attempts, retry_after);
+        actor.counters.retries.inc();
         log_retry(&g, &job, &actor_id, &p, wait);
         drop((g, actor));
         let _retrying = Count::new(&stats.retrying);
@@ -254,6 +256,14 @@ async fn attempt(
             Ok(Outcome::Rejected(why)) => Attempted::Rejected(why),
             Err(f) if g.cancel.is_cancelled() => Attempted::Interrupted(format!("cancelled: {}", f.message)),
             Err(f) => Attempted::Failed(f),
+        };
+        let counters = &actor.counters;
+        counters.seconds.observe(started.elapsed().as_secs_f64());
+        match &attempted {
+            Attempted::Delivered => counters.delivered.inc(),
+            Attempted::Rejected(_) => counters.rejected.inc(),
+            Attempted::Failed(_) => counters.failed.inc(),
+            Attempted::Interrupted(_) => counters.interrupted.inc(),
         };
         let (phase, result, error) = match &attempted {
             Attempted::Delivered => (Phase::DeliverSuccess, "delivered", None),
@@ -343,6 +353,11 @@ async fn store_dead(
         dead_at: format_timestamp(SystemTime::now()),
     };
     let id = letter.id.clone();
+    let labels = ActorLabels {
+        module: module.name.clone(),
+        actor: actor.to_owned(),
+    };
+    metrics().dead_letters_added.get_or_create(&labels).inc();
     let dead = module.queue.dead.clone();
     match tokio::task::spawn_blocking(move || dead.add(letter)).await {
         Ok(Ok(())) => job.ticket.ack(&job.route),

@@ -11,6 +11,7 @@ use std::time::Instant;
 use orgloop_plugin_sdk::{Event, TransformCtx, Verdict};
 
 use crate::config::raw::OnError;
+use crate::metrics::{metrics, ModuleLabels};
 use crate::module::{Generation, Module};
 use crate::queue::Entry;
 
@@ -58,6 +59,7 @@ pub fn dispatch(module: &Arc<Module>, generation: &Arc<Generation>, entry: Entry
             continue;
         }
         route.stats.fired();
+        route.matches.inc();
         log.log(
             Phase::RouteMatch,
             &event,
@@ -113,6 +115,10 @@ fn run_transforms<'e>(
         let took = started.elapsed();
         let result = if took > slot.timeout {
             module.calls.overruns.fetch_add(1, Ordering::Relaxed);
+            let labels = ModuleLabels {
+                module: module.name.clone(),
+            };
+            metrics().transform_overruns.get_or_create(&labels).inc();
             tracing::warn!(module = %generation.module, route = %route.spec.name, transform = %t.name, event = %event.id(), "transform call took {took:?}, past its deadline of {:?}", slot.timeout);
             Err(format!(
                 "the call took {:.1} s, past its deadline of {:.1} s (timeout_ms)",
@@ -123,16 +129,22 @@ fn run_transforms<'e>(
             result
         };
         match result {
-            Ok(Verdict::Pass) => log.log(Phase::TransformPass, &current, detail),
+            Ok(Verdict::Pass) => {
+                slot.counters.pass.inc();
+                log.log(Phase::TransformPass, &current, detail)
+            }
             Ok(Verdict::Replace(e)) => {
+                slot.counters.pass.inc();
                 current = Cow::Owned(e);
                 log.log(Phase::TransformPass, &current, detail);
             }
             Ok(Verdict::Drop) => {
+                slot.counters.drop.inc();
                 log.log(Phase::TransformDrop, &current, detail);
                 return None;
             }
             Err(error) => {
+                slot.counters.error.inc();
                 let policy = t.on_error.or(slot.on_error).unwrap_or_default();
                 let detail = Detail {
                     error: Some(&error),

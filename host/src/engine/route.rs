@@ -36,6 +36,8 @@ pub struct Route {
     /// Bit per event type, for a branch-free type check.
     event_mask: u8,
     pub stats: Arc<RouteStats>,
+    /// `orgloop_route_matches_total` of this route.
+    pub matches: prometheus_client::metrics::counter::Counter,
 }
 
 fn bit(t: EventType) -> u8 {
@@ -47,12 +49,17 @@ fn bit(t: EventType) -> u8 {
 }
 
 impl Route {
-    pub fn new(spec: RouteSpec, stats: Arc<RouteStats>) -> Self {
+    pub fn new(
+        spec: RouteSpec,
+        stats: Arc<RouteStats>,
+        matches: prometheus_client::metrics::counter::Counter,
+    ) -> Self {
         let event_mask = spec.events.iter().map(|t| bit(*t)).fold(0, |a, b| a | b);
         Route {
             spec,
             event_mask,
             stats,
+            matches,
         }
     }
 
@@ -96,7 +103,7 @@ mod tests {
                 field: "routes[0]".into(),
             },
         };
-        Route::new(spec, Default::default())
+        Route::new(spec, Default::default(), Default::default())
     }
 
     fn event(t: EventType, payload: Json) -> Event {

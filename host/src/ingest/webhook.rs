@@ -18,16 +18,30 @@ use sha2::Sha256;
 
 use crate::config::spec::WebhookConfig;
 use crate::control::{error_response, AppState};
+use crate::metrics::{metrics, WebhookLabels};
 use crate::queue::Refused;
 
-/// `POST /webhook/{source}`.
+/// `POST /webhook/{source}`, counted by source and answer code.
 pub async fn receive(
     State(app): State<AppState>,
     Path(source): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let Some(target) = app.registry.webhook(&source) else {
+    let known = app.registry.webhook(&source).is_some();
+    let response = answer(app, &source, headers, body).await;
+    let labels = WebhookLabels {
+        // Anyone can post to any path: unknown sources share one label, so that their number
+        // stays bounded.
+        source: if known { source } else { "(unknown)".into() },
+        code: response.status().as_u16(),
+    };
+    metrics().webhooks.get_or_create(&labels).inc();
+    response
+}
+
+async fn answer(app: AppState, source: &str, headers: HeaderMap, body: Body) -> Response {
+    let Some(target) = app.registry.webhook(source) else {
         return error_response(StatusCode::NOT_FOUND, format!("unknown source: {source}"));
     };
     let read = Limited::new(body, target.config.max_body_bytes).collect();
@@ -58,7 +72,7 @@ pub async fn receive(
             return error_response(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}"))
         }
     };
-    let event = build_event(&source, &target.config, &payload);
+    let event = build_event(source, &target.config, &payload);
     let id = event.id().to_owned();
     let stored = match target.module.accept(event, Some(&target.stats)) {
         Ok(stored) => stored.wait().await,

@@ -114,6 +114,13 @@ pub fn start(
                 });
             }
         }
+        let pinned = libraries
+            .iter()
+            .filter(|l| matches!(l.result, UnloadReport::Pinned { .. }))
+            .count();
+        crate::metrics::metrics()
+            .libraries_pinned
+            .inc_by(pinned as u64);
         let report = DrainReport {
             generation: number,
             cancelled,

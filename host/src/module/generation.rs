@@ -17,6 +17,7 @@ use crate::config::ModuleSpec;
 use crate::engine::gate::Gate;
 use crate::engine::log::Loggers;
 use crate::engine::route::Route;
+use crate::metrics::{ActorCounters, TransformCounters};
 use crate::plugin::{Library, PluginActor, PluginSource, PluginTransform};
 
 /// How long a cancelled delivery may take to stop before it is dropped.
@@ -29,6 +30,7 @@ pub struct TransformSlot {
     pub on_error: Option<OnError>,
     /// The deadline of one call.
     pub timeout: Duration,
+    pub counters: TransformCounters,
 }
 
 /// An actor, the bound on its concurrent deliveries, and how its failures are retried.
@@ -41,6 +43,7 @@ pub struct ActorSlot {
     pub interrupted: Interrupted,
     /// Whether its target looks healthy; kept while the actor carries over.
     pub gate: Arc<Gate>,
+    pub counters: ActorCounters,
 }
 
 /// A plugin source and how often to poll it.

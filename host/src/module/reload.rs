@@ -24,6 +24,7 @@ use super::report::{PluginBuild, PluginChange, ReloadOutcome, ReloadReport};
 use super::running::{FailedReload, Module};
 use crate::config::diff::ConfigDiff;
 use crate::config::{self, ConfigError};
+use crate::metrics::{metrics, ReloadLabels};
 
 /// What the caller asks of a reload.
 #[derive(Clone, Debug, Default)]
@@ -58,6 +59,7 @@ pub async fn reload(
     }
     let covered = module.requests.load(Ordering::SeqCst);
     let outcome = attempt(registry, module, opts).await;
+    count(&module.name, &outcome);
     let mut record = module.record();
     if let ReloadOutcome::Rejected { errors, .. } = &outcome {
         record.last_failure = Some(FailedReload {
@@ -189,6 +191,26 @@ async fn attempt(registry: &Registry, module: &Arc<Module>, opts: &ReloadOptions
         "module reloaded"
     );
     ReloadOutcome::Swapped(report)
+}
+
+/// `orgloop_reloads_total` by result, and the swap's and staging's times.
+fn count(module: &str, outcome: &ReloadOutcome) {
+    let m = metrics();
+    let result = match outcome {
+        ReloadOutcome::Swapped(r) => {
+            m.swap_seconds.observe(r.swap_us / 1e6);
+            m.stage_seconds.observe(r.stage_ms / 1e3);
+            "swapped"
+        }
+        ReloadOutcome::Unchanged(_) => "unchanged",
+        ReloadOutcome::DryRun(_) => return,
+        ReloadOutcome::Rejected { .. } => "rejected",
+    };
+    let labels = ReloadLabels {
+        module: module.to_owned(),
+        result,
+    };
+    m.reloads.get_or_create(&labels).inc();
 }
 
 /// Each plugin of either generation, with its build before and after.

@@ -18,6 +18,7 @@ use crate::config::spec::{SourceKind, SymbolRef};
 use crate::config::{ConfigError, ModuleSpec};
 use crate::engine::log::Loggers;
 use crate::engine::route::{Route, RouteStats};
+use crate::metrics::{route_matches, ActorCounters, TransformCounters};
 use crate::plugin::http_client::HttpClient;
 use crate::plugin::services::{Emitter, Services};
 use crate::plugin::{Library, Loader};
@@ -85,6 +86,7 @@ pub fn stage(spec: Arc<ModuleSpec>, ctx: &StageCtx<'_>) -> Result<Generation, Ve
                     obj,
                     on_error: t.on_error,
                     timeout: t.timeout,
+                    counters: TransformCounters::new(&spec.name, &t.name),
                 }),
                 Err(e) => {
                     errors.push(
@@ -121,6 +123,7 @@ pub fn stage(spec: Arc<ModuleSpec>, ctx: &StageCtx<'_>) -> Result<Generation, Ve
                     retry: a.retry.clone(),
                     interrupted: a.interrupted,
                     gate: Arc::default(),
+                    counters: ActorCounters::new(&spec.name, &a.id),
                 }),
                 Err(e) => {
                     errors.push(
@@ -191,7 +194,7 @@ pub fn stage(spec: Arc<ModuleSpec>, ctx: &StageCtx<'_>) -> Result<Generation, Ve
         .map(|(i, r)| {
             by_source.entry(r.source.clone()).or_default().push(i);
             let stats = ctx.route_stats.get(&r.name).cloned().unwrap_or_default();
-            Route::new(r.clone(), stats)
+            Route::new(r.clone(), stats, route_matches(&spec.name, &r.name))
         })
         .collect();
 
