@@ -18,9 +18,11 @@
 //! - **Actor delivery**: an asynchronous call into a plugin actor, which may run for minutes and
 //!   may emit events back into its module.
 //!
-//! The code follows the event's path: [`ingest`] (webhooks) → [`engine`] (route, transform,
-//! deliver) → [`plugin`] (the libraries), and the module lifecycle in [`module`]. The HTTP surface
-//! is in [`control`]; the command line in [`cli`].
+//! The code follows the event's path: [`ingest`] (webhooks) → [`queue`] (stored, synced, then
+//! handed to its module) → [`engine`] (route, transform, deliver, retry, dead-letter) →
+//! [`plugin`] (the libraries), and the module lifecycle in [`module`] (generations, reloads,
+//! drains, and each module's own threads). The HTTP surface is in [`control`], with
+//! [`metrics`]; the command line in [`cli`]; the service manager's notifications in [`systemd`].
 
 pub mod cli;
 pub mod config;
