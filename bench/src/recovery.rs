@@ -20,7 +20,7 @@ use crate::disk::{data_dir, dir_bytes};
 use crate::generator::{self, Load, Plan};
 use crate::module::{self, Scratch, NAME, SOURCE};
 use crate::procfs::rss_kb;
-use crate::report::{mb, size, thousands, Out};
+use crate::report::{self, mb, size, thousands, Out};
 use crate::sampler::Sampler;
 use crate::sink::Sink;
 use crate::stats::round1;
@@ -69,18 +69,7 @@ pub async fn run(
     ));
 
     let mut first = tokio::task::block_in_place(|| Daemon::start(&orgloop, &[&dir], &home, &env))?;
-    out.line(format!(
-        "daemon: {}, pid {}, port {}",
-        artifacts.built_at(),
-        first.pid,
-        first.port
-    ));
-    if !args.daemon_env.is_empty() {
-        out.line(format!(
-            "daemon environment: {}",
-            crate::report::key_values(&args.daemon_env)
-        ));
-    }
+    report::daemon(out, artifacts, &first, &args.daemon_env);
     let control = Control::new(first.port, &first.token()?);
     let gen = generator::run(Plan {
         addr: ([127, 0, 0, 1], first.port).into(),

@@ -22,7 +22,7 @@ use crate::daemon::Daemon;
 use crate::generator::{self, Load, Plan};
 use crate::module::{self, Scratch, NAME, SOURCE};
 use crate::procfs::{maps, rss_kb, CpuMeter};
-use crate::report::{mb, thousands, Out};
+use crate::report::{self, mb, thousands, Out};
 use crate::sink::{Arrival, Sink};
 use crate::stats::{median, percentile, Summary};
 use crate::ReloadArgs;
@@ -77,12 +77,7 @@ pub async fn run(
         tokio::task::block_in_place(|| Daemon::start(&artifacts.orgloop(), &[&dir], &home, &[]))?;
     let control = Control::new(daemon.port, &daemon.token()?);
     control.status(NAME).await?;
-    out.line(format!(
-        "daemon: {}, pid {}, port {}",
-        artifacts.built_at(),
-        daemon.pid,
-        daemon.port
-    ));
+    report::daemon(out, artifacts, &daemon, &[]);
     out.line(format!(
         "reload under load: {:.0} events/s open loop; {} reloads alternating http 0.1.0 / 0.2.0 after {:.0} s steady; cap {:.0} s",
         args.rate, args.reloads, args.steady, args.max_time

@@ -3,6 +3,9 @@
 
 use serde_json::Value;
 
+use crate::artifacts::Artifacts;
+use crate::daemon::Daemon;
+
 #[derive(Clone, Copy)]
 pub struct Out {
     pub json: bool,
@@ -59,13 +62,18 @@ pub fn size(bytes: u64) -> String {
     }
 }
 
-/// `K=V K=V`, for the extra environment a daemon was started with.
-pub fn key_values(pairs: &[(String, String)]) -> String {
-    pairs
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(" ")
+/// Which daemon a run measures, and the extra environment it was started with (if any).
+pub fn daemon(out: &Out, artifacts: &Artifacts, daemon: &Daemon, env: &[(String, String)]) {
+    out.line(format!(
+        "daemon: {}, pid {}, port {}",
+        artifacts.built_at(),
+        daemon.pid,
+        daemon.port
+    ));
+    if !env.is_empty() {
+        let pairs: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        out.line(format!("daemon environment: {}", pairs.join(" ")));
+    }
 }
 
 #[cfg(test)]

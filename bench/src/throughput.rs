@@ -13,7 +13,7 @@ use crate::disk::{data_dir, dir_bytes};
 use crate::generator::{self, Load, Plan};
 use crate::module::{self, Scratch, SOURCE};
 use crate::procfs::{rss_kb, CpuMeter};
-use crate::report::{mb, size, thousands, Out};
+use crate::report::{self, mb, size, thousands, Out};
 use crate::sampler::Sampler;
 use crate::sink::Sink;
 use crate::{LoadArgs, ThroughputArgs};
@@ -108,18 +108,7 @@ pub async fn throughput(
         .collect();
     let mut daemon =
         tokio::task::block_in_place(|| Daemon::start(&artifacts.orgloop(), &[&dir], &home, &env))?;
-    out.line(format!(
-        "daemon: {}, pid {}, port {}",
-        artifacts.built_at(),
-        daemon.pid,
-        daemon.port
-    ));
-    if !args.daemon_env.is_empty() {
-        out.line(format!(
-            "daemon environment: {}",
-            crate::report::key_values(&args.daemon_env)
-        ));
-    }
+    report::daemon(out, artifacts, &daemon, &args.daemon_env);
     out.line(format!(
         "through the daemon: webhook → filters::filter → http::webhook → sink; {}, {:.0} s",
         load.describe(),

@@ -240,7 +240,6 @@ pub struct ActorCounters {
     pub rejected: Counter,
     pub interrupted: Counter,
     pub retries: Counter,
-    pub dead: Counter,
     pub seconds: Histogram,
 }
 
@@ -266,7 +265,6 @@ impl ActorCounters {
             rejected: outcome("rejected"),
             interrupted: outcome("interrupted"),
             retries: m.retries.get_or_create(&labels).clone(),
-            dead: m.dead_letters_added.get_or_create(&labels).clone(),
             seconds: m.delivery_seconds.get_or_create(&labels).clone(),
         }
     }

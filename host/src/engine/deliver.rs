@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::raw::Interrupted;
 use crate::metrics::{metrics, ActorLabels};
-use crate::module::running::{Count, Stopping};
+use crate::module::running::{since, Count, Stopping};
 use crate::module::{Generation, Module};
 use crate::plugin::library::{DeliveryRequest, Failure};
 use crate::queue::dead::DeadLetter;
@@ -157,7 +157,7 @@ async fn run(module: Arc<Module>, job: Job) {
             Attempted::Interrupted(why) => {
                 pass.report(Health::Unknown, &actor.retry);
                 p.last_error = Some(why.clone());
-                if actor.interrupted == Interrupted::DeadLetter {
+                if dead_letter_if_interrupted {
                     let why =
                         format!("interrupted ({why}) and its actor says interrupted: dead_letter");
                     return dead(&module, &g, &job, &actor_id, &why, &p).await;
@@ -180,7 +180,7 @@ async fn run(module: Arc<Module>, job: Job) {
         }
         let retry_after = failure.retry_after;
         pass.report(Health::Down { retry_after }, &actor.retry);
-        if let Some(why) = exhausted(&actor.retry, p.attempts, age(job.accepted_ms)) {
+        if let Some(why) = exhausted(&actor.retry, p.attempts, since(job.accepted_ms)) {
             return dead(&module, &g, &job, &actor_id, &why, &p).await;
         }
         let wait = delay(&actor.retry, p.attempts, retry_after);
@@ -250,7 +250,8 @@ async fn attempt(
                 return Attempted::Interrupted("dropped: still running after the cancellation grace period".into())
             }
         };
-        let duration_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+        let took = started.elapsed();
+        let duration_ms = Some(took.as_secs_f64() * 1000.0);
         let attempted = match result {
             Ok(Outcome::Delivered) => Attempted::Delivered,
             Ok(Outcome::Rejected(why)) => Attempted::Rejected(why),
@@ -258,7 +259,7 @@ async fn attempt(
             Err(f) => Attempted::Failed(f),
         };
         let counters = &actor.counters;
-        counters.seconds.observe(started.elapsed().as_secs_f64());
+        counters.seconds.observe(took.as_secs_f64());
         match &attempted {
             Attempted::Delivered => counters.delivered.inc(),
             Attempted::Rejected(_) => counters.rejected.inc(),
@@ -353,11 +354,6 @@ async fn store_dead(
         dead_at: format_timestamp(SystemTime::now()),
     };
     let id = letter.id.clone();
-    let labels = ActorLabels {
-        module: module.name.clone(),
-        actor: actor.to_owned(),
-    };
-    metrics().dead_letters_added.get_or_create(&labels).inc();
     let dead = module.queue.dead.clone();
     match tokio::task::spawn_blocking(move || dead.add(letter)).await {
         Ok(Ok(())) => job.ticket.ack(&job.route),
@@ -372,6 +368,11 @@ async fn store_dead(
             return;
         }
     }
+    let labels = ActorLabels {
+        module: module.name.clone(),
+        actor: actor.to_owned(),
+    };
+    metrics().dead_letters_added.get_or_create(&labels).inc();
     tracing::warn!(module = %module.name, route = %job.route, actor, event = %job.event.id(), dead_letter = %id, attempts = p.attempts, "delivery dead-lettered: {why}");
     if let Some(g) = g {
         let error = format!("{why} [{id}]");
@@ -385,10 +386,6 @@ async fn store_dead(
         };
         g.loggers.log(Phase::DeliverDead, &job.event, detail);
     }
-}
-
-fn age(accepted_ms: i64) -> Duration {
-    Duration::from_millis((crate::module::running::now_ms() - accepted_ms).max(0) as u64)
 }
 
 /// `<event id>:<route>`, with every byte outside visible ASCII of the route percent-encoded, so

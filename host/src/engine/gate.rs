@@ -62,6 +62,14 @@ impl Gate {
         self.lock().failing
     }
 
+    fn pass_as(self: &Arc<Self>, probe: bool) -> Pass {
+        Pass {
+            gate: self.clone(),
+            probe,
+            reported: false,
+        }
+    }
+
     /// Waits until an attempt may start.
     pub async fn pass(self: &Arc<Self>) -> Pass {
         loop {
@@ -69,20 +77,12 @@ impl Gate {
             let wait = {
                 let mut s = self.lock();
                 if !s.failing {
-                    return Pass {
-                        gate: self.clone(),
-                        probe: false,
-                        reported: false,
-                    };
+                    return self.pass_as(false);
                 }
                 let due = s.next_probe.is_none_or(|t| t <= Instant::now());
                 if !s.probing && due {
                     s.probing = true;
-                    return Pass {
-                        gate: self.clone(),
-                        probe: true,
-                        reported: false,
-                    };
+                    return self.pass_as(true);
                 }
                 s.next_probe.filter(|_| !s.probing)
             };

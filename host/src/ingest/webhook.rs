@@ -19,6 +19,7 @@ use sha2::Sha256;
 use crate::config::spec::WebhookConfig;
 use crate::control::{error_response, AppState};
 use crate::metrics::{metrics, WebhookLabels};
+use crate::module::registry::WebhookTarget;
 use crate::queue::Refused;
 
 /// `POST /webhook/{source}`, counted by source and answer code.
@@ -28,22 +29,30 @@ pub async fn receive(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let known = app.registry.webhook(&source).is_some();
-    let response = answer(app, &source, headers, body).await;
-    let labels = WebhookLabels {
+    let (response, source) = match app.registry.webhook(&source) {
+        Some(target) => (answer(&app, &source, target, headers, body).await, source),
         // Anyone can post to any path: unknown sources share one label, so that their number
         // stays bounded.
-        source: if known { source } else { "(unknown)".into() },
+        None => (
+            error_response(StatusCode::NOT_FOUND, format!("unknown source: {source}")),
+            "(unknown)".to_owned(),
+        ),
+    };
+    let labels = WebhookLabels {
+        source,
         code: response.status().as_u16(),
     };
     metrics().webhooks.get_or_create(&labels).inc();
     response
 }
 
-async fn answer(app: AppState, source: &str, headers: HeaderMap, body: Body) -> Response {
-    let Some(target) = app.registry.webhook(source) else {
-        return error_response(StatusCode::NOT_FOUND, format!("unknown source: {source}"));
-    };
+async fn answer(
+    app: &AppState,
+    source: &str,
+    target: WebhookTarget,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let read = Limited::new(body, target.config.max_body_bytes).collect();
     let Ok(body) = tokio::time::timeout(app.body_timeout, read).await else {
         return error_response(

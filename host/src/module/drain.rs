@@ -28,8 +28,9 @@ pub fn start(
         if still_used.iter().any(|l| Arc::ptr_eq(l, lib)) {
             continue;
         }
-        retired.push((name.clone(), PluginBuild::of(lib)));
-        let (unloads, plugin, build) = (unloads.clone(), name.clone(), PluginBuild::of(lib));
+        let build = PluginBuild::of(lib);
+        retired.push((name.clone(), build.clone()));
+        let (unloads, plugin) = (unloads.clone(), name.clone());
         lib.on_unload(move |result| {
             let unload = LibraryUnload {
                 plugin,

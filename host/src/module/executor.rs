@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::runtime::{Handle, Runtime};
 use tokio::task::JoinHandle;
 
-use super::running::now_ms;
+use super::running::{now_ms, since};
 
 /// How often the heartbeat beats; a module whose heartbeat is [`STALLED_AFTER`] old is stalled.
 const BEAT: Duration = Duration::from_millis(100);
@@ -74,8 +74,7 @@ impl Executor {
 
     /// How long no thread of the module got to run, when that is long enough to matter.
     pub fn stalled_for(&self) -> Option<Duration> {
-        let silent =
-            Duration::from_millis((now_ms() - self.beat.load(Ordering::Relaxed)).max(0) as u64);
+        let silent = since(self.beat.load(Ordering::Relaxed));
         (silent >= STALLED_AFTER).then_some(silent)
     }
 
@@ -126,7 +125,7 @@ impl CallWatch {
         if started == 0 {
             return None;
         }
-        let ran = Duration::from_millis((now_ms() - started).max(0) as u64);
+        let ran = since(started);
         let deadline = Duration::from_millis(self.deadline_ms.load(Ordering::Relaxed) as u64);
         (ran > deadline).then_some((ran, deadline))
     }

@@ -42,6 +42,11 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// How long ago `ms` (Unix milliseconds, from [`now_ms`]) was; zero for a time ahead.
+pub fn since(ms: i64) -> Duration {
+    Duration::from_millis((now_ms() - ms).max(0) as u64)
+}
+
 /// A generation that was replaced and is finishing its deliveries.
 pub struct Draining {
     pub generation: u64,
@@ -197,13 +202,6 @@ impl Module {
     }
 
     /// Whether `g` is still the generation new work goes to.
-    pub fn is_current(&self, g: &Arc<Generation>) -> bool {
-        self.current
-            .load()
-            .as_ref()
-            .is_some_and(|c| Arc::ptr_eq(c, g))
-    }
-
     /// Why the module stops (a shutdown unless an unload said otherwise).
     pub fn stopping_for(&self) -> Stopping {
         self.stopping_for
@@ -232,12 +230,7 @@ impl Module {
 
     /// The delivery counters of actor `id`.
     pub fn actor_stats(&self, id: &str) -> Arc<ActorStats> {
-        self.actor_stats
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(id.to_owned())
-            .or_default()
-            .clone()
+        stats_of(&self.actor_stats, id)
     }
 
     /// Starts routing what the queue hands this module: each entry through the generation that
@@ -280,12 +273,7 @@ impl Module {
 
     /// The statistics of source `id`.
     pub fn source_stats(&self, id: &str) -> Arc<SourceStats> {
-        self.source_stats
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(id.to_owned())
-            .or_default()
-            .clone()
+        stats_of(&self.source_stats, id)
     }
 
     /// Takes an event from one of this module's sources (or emitted by one of its plugins) into
@@ -335,4 +323,13 @@ impl Module {
             })
             .unwrap_or_default()
     }
+}
+
+/// The statistics of `id` in `map`, made on first use: they outlive generations, by id.
+fn stats_of<T: Default>(map: &Mutex<HashMap<String, Arc<T>>>, id: &str) -> Arc<T> {
+    map.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(id.to_owned())
+        .or_default()
+        .clone()
 }

@@ -318,10 +318,7 @@ impl Writer {
     fn recovered(&self) -> io::Result<Recovered> {
         let mut entries = Vec::with_capacity(self.live.len());
         for (&seq, live) in &self.live {
-            let mut put = self.read_put(seq, live)?;
-            put.done.clone_from(&live.done);
-            put.started.clone_from(&live.started);
-            entries.push(put);
+            entries.push(self.read_put(seq, live)?);
         }
         entries.sort_unstable_by_key(|p| p.seq);
         let checkpoints = self
@@ -336,16 +333,26 @@ impl Writer {
         })
     }
 
+    /// Entry `seq` as it stands now: its latest `Put`, with the routes finished and started since.
     fn read_put(&self, seq: u64, live: &Live) -> io::Result<Put> {
         let file = File::open(self.path(live.segment))?;
         let mut buf = vec![0; live.len as usize];
         file.read_exact_at(&mut buf, live.offset)?;
         match decode(&buf) {
-            Ok((Record::Put(p), _)) if p.seq == seq => Ok(p),
+            Ok((Record::Put(mut p), _)) if p.seq == seq => {
+                p.done.clone_from(&live.done);
+                p.started.clone_from(&live.started);
+                Ok(p)
+            }
             _ => Err(io::Error::other(format!(
                 "store: entry {seq} is no longer readable at its place"
             ))),
         }
+    }
+
+    /// Bytes of data in the head segment.
+    fn head_len(&self) -> u64 {
+        self.segments.get(&self.head_id).map_or(0, |s| s.len)
     }
 
     /// Starts a new head segment (every start writes to a fresh one).
@@ -412,7 +419,7 @@ impl Writer {
         let mut syncs = Vec::new();
         let mut applied = Vec::new();
         let mut needs_sync = false;
-        let start = self.segments.get(&self.head_id).map_or(0, |s| s.len);
+        let start = self.head_len();
         for op in batch {
             let record = match op {
                 Op::Put { seq, record, then } => {
@@ -475,12 +482,13 @@ impl Writer {
         syncs.into_iter().for_each(|then| then());
     }
 
-    /// Appends `buf` to the head segment; on failure, cuts the segment back to where it was.
+    /// Appends `buf` to the head segment; on failure, zeros what it wrote, so that the data still
+    /// ends where it did and the next write goes to the same place.
     fn write(&mut self, buf: &[u8], sync: bool) -> io::Result<()> {
-        let Some(head) = self.head.as_mut() else {
+        let start = self.head_len();
+        let Some(head) = self.head.as_ref() else {
             return Err(io::Error::other("the store has no open segment"));
         };
-        let start = self.segments.get(&self.head_id).map_or(0, |s| s.len);
         let result =
             head.write_all_at(buf, start)
                 .and_then(|()| if sync { head.sync_data() } else { Ok(()) });
@@ -505,7 +513,7 @@ impl Writer {
 
     /// Rolls the head over when it is full, then compacts from the oldest segment on.
     fn maintain(&mut self) -> io::Result<()> {
-        if self.segments.get(&self.head_id).map_or(0, |s| s.len) >= self.head_capacity {
+        if self.head_len() >= self.head_capacity {
             self.start_segment()?;
         }
         while let Some((&oldest, s)) = self.segments.first_key_value() {
@@ -545,12 +553,9 @@ impl Writer {
         seqs.sort_unstable();
         let mut buf = Vec::new();
         let mut placed = Vec::new();
-        let start = self.segments.get(&self.head_id).map_or(0, |s| s.len);
+        let start = self.head_len();
         for seq in seqs {
-            let live = &self.live[&seq];
-            let mut put = self.read_put(seq, live)?;
-            put.done.clone_from(&live.done);
-            put.started.clone_from(&live.started);
+            let put = self.read_put(seq, &self.live[&seq])?;
             let at = buf.len();
             encode(&Record::Put(put), &mut buf);
             placed.push((seq, start + at as u64, (buf.len() - at) as u64));

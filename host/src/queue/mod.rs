@@ -522,7 +522,6 @@ impl Queue {
     pub fn stats(&self, module: &str) -> Option<LaneStats> {
         let lanes = self.shared.lanes();
         let lane = lanes.get(module)?;
-        let now = crate::module::running::now_ms();
         Some(LaneStats {
             entries: lane.waiting.len(),
             bytes: lane.used,
@@ -531,7 +530,7 @@ impl Queue {
                 .waiting
                 .values()
                 .next()
-                .map(|&at| (now - at).max(0) as u64),
+                .map(|&at| crate::module::running::since(at).as_millis() as u64),
         })
     }
 
