@@ -5,7 +5,10 @@
 //!   [`Loader`] and applied with [`PluginTransform::apply`], as the daemon does — (b) through the
 //!   SDK's export glue without `dlopen` (`TestHost::transform`: the same `#[sabi_trait]` object
 //!   and panic guard, linked in), and (c) directly: the `Filter` type from the `orgloop_filters`
-//!   rlib, via `Transform::apply`.
+//!   rlib, via `Transform::apply`; and (d) `process`: the same `.so` with `isolation: process`,
+//!   in a child process (this bench binary in plugin-host mode), one frame each way per call.
+//! - `actor_call`: one delivery to the `agent::noop` actor, which accepts at once, mapped in this
+//!   process and in a child process: the cost of a delivery's round trip to a plugin process.
 //! - `in_process_path`: `Module::accept` on a module loaded from a directory with the release
 //!   plugins, its queue in memory — queueing, then (on the module's dispatcher) route matching,
 //!   the transform through the ABI, and the delivery to the `agent::noop` actor — with 1, 100 and
@@ -25,18 +28,22 @@ use std::process::Command;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use criterion::{criterion_group, BenchmarkId, Criterion};
+use orgloop::config::spec::{Isolation, PluginSpec};
+use orgloop::engine::deliver::signal;
 use orgloop::module::{Generation, Module, Registry};
 use orgloop::plugin::http_client::HttpClient;
+use orgloop::plugin::library::DeliveryRequest;
 use orgloop::plugin::services::Services;
 use orgloop::plugin::store::PluginStore;
-use orgloop::plugin::{Loader, PluginTransform};
+use orgloop::plugin::{Library, Loader, PluginTransform};
 use orgloop::queue::{Durability, Options as QueueOptions, Queue};
 use orgloop_filters::{Filter, FilterConfig};
 use orgloop_plugin_sdk::serde_json::{self, json, Value as Json};
 use orgloop_plugin_sdk::testing::{TestHost, TestTransform};
-use orgloop_plugin_sdk::{Event, EventType, Transform, TransformCtx, Verdict};
+use orgloop_plugin_sdk::{Event, EventType, Outcome, Transform, TransformCtx, Verdict};
 use tokio::runtime::Runtime;
+use tokio_util::sync::CancellationToken;
 
 /// The transform's config in every benchmark: one plain (non-regex) equality.
 fn filter_config() -> Json {
@@ -138,23 +145,45 @@ fn runtime() -> Runtime {
         .unwrap()
 }
 
+/// What a plugin object built for a benchmark gets from the host.
+fn services(object: &str) -> Services {
+    Services {
+        module: Arc::from("bench"),
+        object: object.into(),
+        source: None,
+        emitter: Arc::new(|_| Ok(())),
+        http: HttpClient::default(),
+        log_to: None,
+    }
+}
+
+/// Loads the release build of plugin `name` here or in a plugin process.
+fn load(loader: &Loader, name: &str, isolation: Isolation) -> Arc<Library> {
+    let entry = PluginSpec::for_library(name, &plugin(name), isolation);
+    loader
+        .load("bench", &entry)
+        .unwrap_or_else(|e| panic!("load {name} ({}): {e}", isolation.as_str()))
+}
+
+/// `filters::filter` dropping bots, built from the plugin loaded `isolation`.
+fn filter(loader: &Loader, isolation: Isolation) -> PluginTransform {
+    load(loader, "filters", isolation)
+        .new_transform(
+            "filter",
+            &filter_config().to_string(),
+            services("filters::filter/drop-bots"),
+        )
+        .expect("build filters::filter")
+}
+
 fn transform_call(c: &mut Criterion) {
     // (a) Through the ABI, as the daemon calls it.
     let dir = scratch("transform_call");
     let loader = Loader::new(PluginStore::new(dir.join("store")));
-    let library = loader
-        .load("bench", &plugin("filters"))
-        .expect("load the filters plugin");
-    let services = Services {
-        module: Arc::from("bench"),
-        object: "filters::filter/drop-bots".into(),
-        source: None,
-        emitter: Arc::new(|_| Ok(())),
-        http: HttpClient::default(),
-    };
-    let abi: PluginTransform = library
-        .new_transform("filter", &filter_config().to_string(), services.into_box())
-        .expect("build filters::filter");
+    let abi = filter(&loader, Isolation::InProcess);
+    // (d) In a plugin process.
+    let process = filter(&loader, Isolation::Process);
+    let deadline = Duration::from_secs(5);
 
     // (b) The SDK's glue, linked in: same object type and panic guard, no dlopen.
     let test_host = TestHost::new();
@@ -178,11 +207,15 @@ fn transform_call(c: &mut Criterion) {
         ("drop", "bot", Verdict::Drop),
     ] {
         let event = webhook_event(author_type);
-        assert_eq!(abi.apply(&event, &ctx), Ok(want.clone()));
+        assert_eq!(abi.apply(&event, &ctx, deadline), Ok(want.clone()));
+        assert_eq!(process.apply(&event, &ctx, deadline), Ok(want.clone()));
         assert_eq!(glue.apply_in(&event, &ctx), Ok(want.clone()));
         assert_eq!(direct.apply(&event, &ctx), Ok(want));
         group.bench_function(BenchmarkId::new("abi", case), |b| {
-            b.iter(|| abi.apply(black_box(&event), black_box(&ctx)))
+            b.iter(|| abi.apply(black_box(&event), black_box(&ctx), deadline))
+        });
+        group.bench_function(BenchmarkId::new("process", case), |b| {
+            b.iter(|| process.apply(black_box(&event), black_box(&ctx), deadline))
         });
         group.bench_function(BenchmarkId::new("sdk_glue", case), |b| {
             b.iter(|| glue.apply_in(black_box(&event), black_box(&ctx)))
@@ -192,7 +225,38 @@ fn transform_call(c: &mut Criterion) {
         });
     }
     group.finish();
-    drop((abi, library, loader));
+    drop((abi, process, loader));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn actor_call(c: &mut Criterion) {
+    let dir = scratch("actor_call");
+    let loader = Loader::new(PluginStore::new(dir.join("store")));
+    let rt = runtime();
+    let mut group = c.benchmark_group("actor_call");
+    for isolation in [Isolation::InProcess, Isolation::Process] {
+        let _guard = rt.enter();
+        let actor = load(&loader, "agent", isolation)
+            .new_actor("noop", "{}", services("agent::noop/sink"))
+            .expect("build agent::noop");
+        let event = webhook_event("team_member");
+        let deliver = || {
+            let request = DeliveryRequest {
+                event: event.clone(),
+                config_json: "{}".into(),
+                prompt: None,
+                prompt_file: None,
+                route: "notify-people".into(),
+                idempotency_key: "evt:notify-people".into(),
+                attempt: 1,
+            };
+            let cancel = signal(CancellationToken::new());
+            rt.block_on(actor.deliver(request, cancel))
+        };
+        assert_eq!(deliver(), Ok(Outcome::Delivered));
+        group.bench_function(isolation.as_str(), |b| b.iter(deliver));
+    }
+    group.finish();
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -425,5 +489,25 @@ fn route_match(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, transform_call, in_process_path, route_match);
-criterion_main!(benches);
+criterion_group!(
+    benches,
+    transform_call,
+    actor_call,
+    in_process_path,
+    route_match
+);
+
+/// Criterion's main, and also the plugin process of the `process` cases: the supervisor starts
+/// the running binary with `plugin-host <library>`, as the daemon starts itself.
+fn main() {
+    let mut args = std::env::args().skip(1);
+    if args.next().as_deref() == Some("plugin-host") {
+        let library = PathBuf::from(args.next().expect("plugin-host <library>"));
+        std::process::exit(match orgloop::plugin::process::child::run(&library) {
+            c if c == std::process::ExitCode::SUCCESS => 0,
+            _ => 1,
+        });
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -14,5 +14,6 @@ fn main() -> ExitCode {
         Command::Completions(args) => cli::completions::run(args),
         Command::Status(args) => cli::status::run(args),
         Command::Plugin(args) => cli::plugin::run(args),
+        Command::PluginHost(args) => orgloop::plugin::process::child::run(&args.library),
     }
 }

@@ -57,6 +57,12 @@ pub struct ModuleLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginLabels {
+    pub module: String,
+    pub plugin: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabels {
     pub module: String,
     /// `swapped`, `unchanged` or `rejected`.
@@ -82,6 +88,7 @@ pub struct Metrics {
     pub swap_seconds: Histogram,
     pub stage_seconds: Histogram,
     pub libraries_pinned: Counter,
+    pub plugin_process_exits: Family<PluginLabels, Counter>,
     queue_entries: Family<ModuleLabels, Gauge>,
     queue_bytes: Family<ModuleLabels, Gauge>,
     queue_oldest_seconds: Family<ModuleLabels, Gauge>,
@@ -111,6 +118,7 @@ impl Metrics {
             swap_seconds: Histogram::new(exponential_buckets(0.000_001, 4.0, 12)),
             stage_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             libraries_pinned: Counter::default(),
+            plugin_process_exits: Family::default(),
             queue_entries: Family::default(),
             queue_bytes: Family::default(),
             queue_oldest_seconds: Family::default(),
@@ -174,6 +182,11 @@ impl Metrics {
             "libraries_pinned",
             "Retired plugin libraries that stayed mapped",
             m.libraries_pinned.clone(),
+        );
+        r.register(
+            "plugin_process_exits",
+            "Plugin processes (isolation: process) that died unasked: crashes, kills, running out of memory",
+            m.plugin_process_exits.clone(),
         );
         r.register(
             "queue_entries",

@@ -1,12 +1,12 @@
 //! [`Manifest`]: what a plugin says about itself — name, version, and each exported symbol.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
 use crate::abi::{kind, FfiManifest};
 
 /// What a symbol is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SymbolKind {
     /// A [`Transform`](crate::Transform).
@@ -46,7 +46,7 @@ impl SymbolKind {
 }
 
 /// One exported symbol.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SymbolInfo {
     /// The name after `::` in YAML.
     pub name: String,
@@ -59,7 +59,7 @@ pub struct SymbolInfo {
 }
 
 /// What a plugin exports.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     /// The plugin name.
     pub name: String,

@@ -79,7 +79,7 @@ fn a_session_in_flight_finishes_on_v1_and_v1_unloads_only_afterwards() {
     );
     assert_eq!(drain["libraries"][0]["plugin"], "agent");
     assert_eq!(drain["libraries"][0]["build"]["version"], "0.1.0");
-    assert_eq!(drain["libraries"][0]["result"]["state"], "unloaded");
+    assert_eq!(drain["libraries"][0]["result"]["state"], retired());
 
     sink.wait_for(2);
     let mut sessions = stopped(&sink);
@@ -113,7 +113,7 @@ fn the_drain_timeout_cancels_what_still_runs_and_reports_it() {
         (Some(1), Some(false)),
         "{drain:#}"
     );
-    assert_eq!(drain["libraries"][0]["result"]["state"], "unloaded");
+    assert_eq!(drain["libraries"][0]["result"]["state"], retired());
     // The cancelled session still reported its end, from v1, through its cancellation signal.
     sink.wait_for(1);
     assert_eq!(
@@ -136,7 +136,7 @@ fn force_cancels_at_once() {
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert_contains(&text, "1 delivery cancelled (forced)");
     assert_contains(&text, "plugin agent 0.1.0 (");
-    assert_contains(&text, "unloaded (verified: no longer mapped)");
+    assert_contains(&text, retired_text());
     let drain = daemon.module_status("m")["last_drain"].clone();
     assert!(drain["duration_ms"].as_u64().unwrap() < 5000, "{drain:#}");
 }

@@ -16,6 +16,53 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
+/// Whether the suite runs its plugins in child processes (the `e2e-process` target).
+pub fn isolated() -> bool {
+    crate::ISOLATION == "process"
+}
+
+/// The state a drain report gives a retired plugin build: `unloaded` (checked against the
+/// daemon's mappings) or, isolated, `process_exited` (its child process reaped).
+pub fn retired() -> &'static str {
+    if isolated() {
+        "process_exited"
+    } else {
+        "unloaded"
+    }
+}
+
+/// What `module reload --wait` prints for a retired plugin build.
+pub fn retired_text() -> &'static str {
+    if isolated() {
+        "process exited (verified: pid "
+    } else {
+        "unloaded (verified: no longer mapped)"
+    }
+}
+
+/// The plugin processes (`orgloop plugin-host`) that are children of `pid`.
+pub fn plugin_processes(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: the command may contain spaces, so split after ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
+        if ppid == Some(pid) && cmdline.split(|b| *b == 0).nth(1) == Some(b"plugin-host") {
+            found.push(child);
+        }
+    }
+    found
+}
+
 /// How long any wait in a test may take before it fails.
 pub const WAIT: Duration = Duration::from_secs(20);
 
@@ -43,6 +90,7 @@ pub fn build_dir() -> PathBuf {
                 "orgloop-http",
                 "orgloop-agent",
                 "orgloop-fixture-abi-mismatch",
+                "orgloop-fixture-crashy",
             ];
             let mut cmd = Command::new(env!("CARGO"));
             cmd.arg("build").current_dir(workspace());
@@ -318,6 +366,7 @@ impl Daemon {
         cmd.arg("start")
             .args(dirs)
             .args(["--port", "0"])
+            .args(["--isolation", crate::ISOLATION])
             .args(flags)
             .envs(env.iter().cloned())
             .env("NO_COLOR", "1");

@@ -1,27 +1,34 @@
 //! The plugin loader, in process: two builds of one plugin side by side, verified unload, and the
 //! libraries it must refuse.
 
+use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use orgloop::config::spec::{Isolation, PluginSpec};
 use orgloop::plugin::http_client::HttpClient;
 use orgloop::plugin::services::Services;
 use orgloop::plugin::store::PluginStore;
 use orgloop::plugin::verify::is_mapped;
 use orgloop::plugin::{Loader, PluginLoadError, UnloadReport};
-use orgloop_plugin_sdk::abi::HostBox;
 use orgloop_plugin_sdk::{Event, EventType, TransformCtx, Verdict};
 
 use crate::harness::*;
 
-fn services() -> HostBox {
+fn services() -> Services {
     Services {
         module: Arc::from("m"),
         object: "test".into(),
         source: None,
         emitter: Arc::new(|_| Ok(())),
         http: HttpClient::default(),
+        log_to: None,
     }
-    .into_box()
+}
+
+/// A `plugins:` entry for the build at `path`, loaded in the daemon's process.
+fn entry(path: &Path) -> PluginSpec {
+    PluginSpec::for_library("filters", path, Isolation::InProcess)
 }
 
 fn bot_event() -> Event {
@@ -42,9 +49,9 @@ const DROP_BOTS: &str = r#"{"exclude": {"provenance.author_type": "bot"}}"#;
 fn two_builds_of_one_plugin_run_side_by_side_and_the_old_one_unloads() {
     let dir = test_dir("loader_side_by_side");
     let loader = Loader::new(PluginStore::new(dir.join("store")));
-    let v1 = loader.load("m", &plugin("filters")).unwrap();
+    let v1 = loader.load("m", &entry(&plugin("filters"))).unwrap();
     let v2 = loader
-        .load("m", &build_variant("filters", "0.2.0"))
+        .load("m", &entry(&build_variant("filters", "0.2.0")))
         .unwrap();
     assert_eq!(
         (v1.manifest().name.as_str(), v1.manifest().version.as_str()),
@@ -63,8 +70,14 @@ fn two_builds_of_one_plugin_run_side_by_side_and_the_old_one_unloads() {
 
     let t1 = v1.new_transform("filter", DROP_BOTS, services()).unwrap();
     let t2 = v2.new_transform("filter", DROP_BOTS, services()).unwrap();
-    assert_eq!(t1.apply(&bot_event(), &CTX), Ok(Verdict::Drop));
-    assert_eq!(t2.apply(&bot_event(), &CTX), Ok(Verdict::Drop));
+    assert_eq!(
+        t1.apply(&bot_event(), &CTX, Duration::from_secs(5)),
+        Ok(Verdict::Drop)
+    );
+    assert_eq!(
+        t2.apply(&bot_event(), &CTX, Duration::from_secs(5)),
+        Ok(Verdict::Drop)
+    );
 
     let report: Arc<Mutex<Option<UnloadReport>>> = Arc::default();
     let r = report.clone();
@@ -89,7 +102,7 @@ fn two_builds_of_one_plugin_run_side_by_side_and_the_old_one_unloads() {
     assert!(!old_path.exists(), "its private copy is deleted");
 
     assert_eq!(
-        t2.apply(&bot_event(), &CTX),
+        t2.apply(&bot_event(), &CTX, Duration::from_secs(5)),
         Ok(Verdict::Drop),
         "the new build still serves"
     );
@@ -99,8 +112,8 @@ fn two_builds_of_one_plugin_run_side_by_side_and_the_old_one_unloads() {
 fn the_same_build_is_loaded_once() {
     let dir = test_dir("loader_same_build");
     let loader = Loader::new(PluginStore::new(dir.join("store")));
-    let a = loader.load("m", &plugin("filters")).unwrap();
-    let b = loader.load("m", &plugin("filters")).unwrap();
+    let a = loader.load("m", &entry(&plugin("filters"))).unwrap();
+    let b = loader.load("m", &entry(&plugin("filters"))).unwrap();
     assert!(Arc::ptr_eq(&a, &b));
 }
 
@@ -109,7 +122,10 @@ fn a_plugin_built_against_another_abi_is_refused_clearly() {
     let dir = test_dir("loader_abi");
     let loader = Loader::new(PluginStore::new(dir.join("store")));
     let fixture = build_dir().join("liborgloop_fixture_abi_mismatch.so");
-    let err = loader.load("m", &fixture).err().expect("must be refused");
+    let err = loader
+        .load("m", &entry(&fixture))
+        .err()
+        .expect("must be refused");
     assert_eq!(
         err,
         PluginLoadError::AbiMismatch {
@@ -130,16 +146,19 @@ fn truncated_and_foreign_files_are_refused() {
     let half = dir.join("half.so");
     std::fs::write(&half, &bytes[..bytes.len() / 2]).unwrap();
     let err = loader
-        .load("m", &half)
+        .load("m", &entry(&half))
         .err()
         .expect("a cut file is refused");
     assert_contains(&err.to_string(), "incomplete library file");
     let text = dir.join("text.so");
     std::fs::write(&text, "not a library").unwrap();
     assert_contains(
-        &loader.load("m", &text).err().unwrap().to_string(),
+        &loader.load("m", &entry(&text)).err().unwrap().to_string(),
         "no ELF header",
     );
-    let missing = loader.load("m", &dir.join("missing.so")).err().unwrap();
+    let missing = loader
+        .load("m", &entry(&dir.join("missing.so")))
+        .err()
+        .unwrap();
     assert!(matches!(missing, PluginLoadError::Io(_)), "{missing:?}");
 }

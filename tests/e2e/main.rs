@@ -1,5 +1,9 @@
 //! End-to-end tests: the real `orgloop` binary, the real example plugins, real HTTP on 127.0.0.1.
-//! One test binary (it links once); one module per behaviour.
+//! One test binary (it links once); one module per behaviour. `process.rs` runs most of them
+//! again with every plugin in a child process.
+
+/// Where the daemons of this suite run plugins that do not say (`orgloop start --isolation`).
+pub const ISOLATION: &str = "in_process";
 
 mod harness;
 mod swap;
@@ -7,6 +11,7 @@ mod swap;
 mod bad_input;
 mod churn;
 mod control;
+mod crashes;
 mod drain;
 mod durability;
 mod isolation;

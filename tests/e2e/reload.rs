@@ -73,7 +73,7 @@ fn reload_swaps_v1_for_v2_and_the_sink_sees_which_delivered() {
     );
     assert_eq!(unloaded[0]["plugin"], "http");
     assert_eq!(unloaded[0]["build"]["version"], "0.1.0");
-    assert_eq!(unloaded[0]["result"]["state"], "unloaded");
+    assert_eq!(unloaded[0]["result"]["state"], retired());
 
     assert_eq!(daemon.post("m-in", &note(2)).status, 202);
     assert_eq!(delivered_by(&sink.wait_for(2)[1]), "0.2.0");

@@ -61,7 +61,8 @@ fn a_request_in_flight_at_a_forced_reload_leaves_nothing_of_the_old_plugin_behin
     assert_eq!(code, 0, "{report:#}");
     assert_eq!(report["drain"]["cancelled"], 1, "{report:#}");
     assert_eq!(
-        report["drain"]["libraries"][0]["result"]["state"], "unloaded",
+        report["drain"]["libraries"][0]["result"]["state"],
+        retired(),
         "{report:#}"
     );
 

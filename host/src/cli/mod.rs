@@ -36,6 +36,16 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Print a shell completion script (bash, zsh or fish).
     Completions(completions::CompletionsArgs),
+    /// The plugin process of an `isolation: process` plugin (started by the daemon).
+    #[command(hide = true)]
+    PluginHost(PluginHostArgs),
+}
+
+/// `orgloop plugin-host <library>`.
+#[derive(Debug, clap::Args)]
+pub struct PluginHostArgs {
+    /// The daemon's private copy of the plugin build.
+    pub library: std::path::PathBuf,
 }
 
 /// `orgloop --version`: the daemon's version, and the plugin ABI and SDK it loads plugins of.

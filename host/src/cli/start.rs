@@ -2,6 +2,7 @@
 //! SIGTERM. SIGHUP reloads every module. When a daemon already runs on the port, the modules are
 //! loaded into it instead (as upstream).
 
+use crate::config::spec::Isolation;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -67,6 +68,11 @@ pub struct StartArgs {
     /// The daemon's own log: `text` or `json` (one object a line).
     #[arg(long, env = "ORGLOOP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Where the code of a plugin runs when its `plugins:` entry does not say: `in_process`
+    /// (mapped into the daemon, the fastest) or `process` (a supervised child process each, so a
+    /// crashing plugin cannot take the daemon down).
+    #[arg(long, env = "ORGLOOP_ISOLATION", default_value = "in_process")]
+    pub isolation: Isolation,
 }
 
 pub fn run(args: StartArgs) -> ExitCode {
@@ -152,7 +158,10 @@ async fn daemon(args: StartArgs, listener: TcpListener) -> u8 {
         }
     };
     let store = PluginStore::new(crate::home::run_dir().join("plugins"));
-    let registry = Arc::new(Registry::new(Loader::new(store.clone()), queue));
+    let registry = Arc::new(Registry::new(
+        Loader::new(store.clone()).with_default_isolation(args.isolation),
+        queue,
+    ));
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(args.port);
     let token = match create_token(port) {
         Ok(t) => t,

@@ -89,6 +89,21 @@ pub struct PluginRef {
     /// A semver requirement on the plugin's version, e.g. `^0.1`.
     #[serde(default)]
     pub version: Option<String>,
+    /// Where its code runs: `in_process` (the default) or `process` (a child process of its own).
+    #[serde(default)]
+    pub isolation: Option<String>,
+    /// With `isolation: process`: the most memory the child may allocate, in bytes or as text
+    /// such as `512MB` or `1GiB`.
+    #[serde(default)]
+    pub max_memory: Option<ByteSize>,
+}
+
+/// A size in bytes, written as a number or as text with a unit (`512MB`, `1GiB`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum ByteSize {
+    Bytes(u64),
+    Text(String),
 }
 
 /// `connectors/*.yaml`, kind `ConnectorGroup`.

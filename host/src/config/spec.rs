@@ -1,7 +1,7 @@
 //! [`ModuleSpec`]: a module's configuration after validation — every reference resolved, every
 //! path absolute, every duration parsed. What the engine builds a generation from.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use orgloop_plugin_sdk::EventType;
@@ -69,7 +69,68 @@ pub struct PluginSpec {
     /// Absolute path of the built library (the user's file; the daemon loads a private copy).
     pub path: PathBuf,
     pub version: Option<semver::VersionReq>,
+    /// `None`: the daemon's default (`orgloop start --isolation`).
+    pub isolation: Option<Isolation>,
+    /// The memory limit of its child process (`isolation: process` only).
+    pub max_memory: Option<u64>,
     pub origin: Origin,
+}
+
+impl PluginSpec {
+    /// An entry for the build at `path` that no file declared (for tools that load a library by
+    /// itself, such as benchmarks).
+    pub fn for_library(name: &str, path: &Path, isolation: Isolation) -> Self {
+        PluginSpec {
+            name: name.to_owned(),
+            path: path.to_path_buf(),
+            version: None,
+            isolation: Some(isolation),
+            max_memory: None,
+            origin: Origin {
+                file: path.to_path_buf(),
+                pos: None,
+                field: "plugins".into(),
+            },
+        }
+    }
+}
+
+/// Where a plugin's code runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Isolation {
+    /// Mapped into the daemon: the fastest way, but a crash of the plugin is a crash of the
+    /// daemon.
+    #[default]
+    InProcess,
+    /// In a child process of its own, supervised by the daemon (see `crate::plugin::process`).
+    Process,
+}
+
+impl Isolation {
+    /// The names YAML and the command line use.
+    pub const NAMES: [&'static str; 2] = ["in_process", "process"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isolation::InProcess => "in_process",
+            Isolation::Process => "process",
+        }
+    }
+}
+
+impl std::str::FromStr for Isolation {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "in_process" => Ok(Isolation::InProcess),
+            "process" => Ok(Isolation::Process),
+            _ => Err(format!(
+                "unknown isolation {s:?}{} (expected one of: {})",
+                super::error::did_you_mean(s, Isolation::NAMES),
+                Isolation::NAMES.join(", ")
+            )),
+        }
+    }
 }
 
 /// `plugin::symbol`.

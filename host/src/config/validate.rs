@@ -12,6 +12,7 @@ use serde_json::Value as Json;
 
 use super::error::did_you_mean;
 use super::load::{Parsed, RawModule};
+use super::raw::ByteSize;
 use super::spec::*;
 use super::{raw, ConfigError};
 use orgloop_plugin_sdk::duration::parse as parse_duration;
@@ -205,10 +206,33 @@ impl Checker<'_> {
                     None
                 }
             };
+            let isolation = p.isolation.as_deref().and_then(|text| {
+                text.parse::<Isolation>()
+                    .map_err(|e| {
+                        self.errors
+                            .push(project.error(&format!("plugins[{i}].isolation"), e))
+                    })
+                    .ok()
+            });
+            let max_memory = p.max_memory.as_ref().and_then(|size| {
+                let field = format!("plugins[{i}].max_memory");
+                if isolation != Some(Isolation::Process) {
+                    self.errors.push(project.error(
+                        &field,
+                        "max_memory needs isolation: process (a plugin in the daemon's process shares its memory)",
+                    ));
+                    return None;
+                }
+                parse_byte_size(size)
+                    .map_err(|e| self.errors.push(project.error(&field, e)))
+                    .ok()
+            });
             out.push(PluginSpec {
                 name: p.name.clone(),
                 path,
                 version,
+                isolation,
+                max_memory,
                 origin,
             });
         }
@@ -693,5 +717,64 @@ fn expand_path(dir: &Path, p: &str) -> PathBuf {
             .unwrap_or_default()
             .join(rest),
         None => dir.join(p),
+    }
+}
+
+/// The smallest `max_memory` that leaves a plugin process room to start.
+const MIN_MAX_MEMORY: u64 = 16 << 20;
+
+/// `512MB`, `1GiB`, `1048576`: decimal (kB, MB, GB) and binary (KiB, MiB, GiB) units.
+fn parse_byte_size(size: &ByteSize) -> Result<u64, String> {
+    let text = match size {
+        ByteSize::Bytes(n) => return check_min(*n),
+        ByteSize::Text(t) => t.trim(),
+    };
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let unit_bytes: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "m" | "mb" => 1_000_000,
+        "g" | "gb" => 1_000_000_000,
+        "ki" | "kib" => 1 << 10,
+        "mi" | "mib" => 1 << 20,
+        "gi" | "gib" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "{text:?} is not a size (expected e.g. 512MB or 1GiB)"
+            ))
+        }
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (expected e.g. 512MB or 1GiB)"))?;
+    check_min(n.saturating_mul(unit_bytes))
+}
+
+fn check_min(bytes: u64) -> Result<u64, String> {
+    if bytes < MIN_MAX_MEMORY {
+        return Err(format!(
+            "{bytes} bytes is too little for a plugin process (at least 16MiB)"
+        ));
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_sizes_take_decimal_and_binary_units() {
+        let parse = |t: &str| parse_byte_size(&ByteSize::Text(t.into()));
+        assert_eq!(parse("512MB"), Ok(512_000_000));
+        assert_eq!(parse("1GiB"), Ok(1 << 30));
+        assert_eq!(parse("64 mib"), Ok(64 << 20));
+        assert_eq!(parse_byte_size(&ByteSize::Bytes(20 << 20)), Ok(20 << 20));
+        assert!(parse("12 parsecs").is_err());
+        assert!(parse("MB").is_err());
+        assert!(parse("1MB").unwrap_err().contains("too little"));
     }
 }

@@ -23,7 +23,15 @@ pub fn module_json(m: &Module) -> Value {
         let plugins: Vec<Value> = g
             .libraries
             .iter()
-            .map(|(name, lib)| json!({"name": name, "build": PluginBuild::of(lib)}))
+            .map(|(name, lib)| {
+                let process = lib.process().map(|p| p.status());
+                json!({
+                    "name": name,
+                    "build": PluginBuild::of(lib),
+                    "isolation": if process.is_some() { "process" } else { "in_process" },
+                    "process": process,
+                })
+            })
             .collect();
         json!({
             "number": g.number,

@@ -418,7 +418,8 @@ impl CancelSignal for TokenSignal {
     }
 }
 
-fn signal(token: CancellationToken) -> CancelBox {
+/// An actor's cancellation signal, raised when `token` is cancelled.
+pub fn signal(token: CancellationToken) -> CancelBox {
     CancelSignal_TO::from_value(TokenSignal(token), TD_Opaque)
 }
 

@@ -110,7 +110,7 @@ fn run_transforms<'e>(
         };
         module.calls.begin(slot.timeout);
         let started = Instant::now();
-        let result = slot.obj.apply(&current, &ctx);
+        let result = slot.obj.apply(&current, &ctx, slot.timeout);
         module.calls.end();
         let took = started.elapsed();
         let result = if took > slot.timeout {

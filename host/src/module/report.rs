@@ -130,11 +130,6 @@ pub struct DrainReport {
 
 impl std::fmt::Display for LibraryUnload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.result {
-            UnloadReport::Unloaded => write!(f, "{} {}: unloaded", self.plugin, self.build),
-            UnloadReport::Pinned { reason } => {
-                write!(f, "{} {}: PINNED ({reason})", self.plugin, self.build)
-            }
-        }
+        write!(f, "{} {}: {}", self.plugin, self.build, self.result)
     }
 }

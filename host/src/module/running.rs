@@ -183,9 +183,17 @@ impl Module {
         })
     }
 
-    /// Why the module is not healthy now, if it is not: a transform call past its deadline, or
-    /// every thread of the module stuck.
+    /// Why the module is not healthy now, if it is not: a transform call past its deadline,
+    /// every thread of the module stuck, or a plugin process down or stuck.
     pub fn degraded(&self) -> Option<String> {
+        let processes = self.current().and_then(|g| {
+            g.libraries
+                .iter()
+                .find_map(|(_, lib)| lib.process()?.status().degraded)
+        });
+        if processes.is_some() {
+            return processes;
+        }
         if let Some((ran, deadline)) = self.calls.overrunning() {
             return Some(format!(
                 "a transform call has run for {:.1} s, past its deadline of {:.1} s",

@@ -53,15 +53,13 @@ pub fn stage(spec: Arc<ModuleSpec>, ctx: &StageCtx<'_>) -> Result<Generation, Ve
             .find(|(n, _)| *n == s.plugin)
             .map(|(_, l)| l.clone())
     };
-    let services = |object: String, source: Option<&String>| {
-        Services {
-            module: module.clone(),
-            object,
-            source: source.cloned(),
-            emitter: ctx.emitter.clone(),
-            http: ctx.http.clone(),
-        }
-        .into_box()
+    let services = |object: String, source: Option<&String>| Services {
+        module: module.clone(),
+        object,
+        source: source.cloned(),
+        emitter: ctx.emitter.clone(),
+        http: ctx.http.clone(),
+        log_to: None,
     };
     let prev = ctx.previous;
 
@@ -223,7 +221,7 @@ fn load_libraries(
 ) -> Vec<(String, Arc<Library>)> {
     let mut libraries = Vec::new();
     for p in &spec.plugins {
-        let lib = match loader.load(&spec.name, &p.path) {
+        let lib = match loader.load(&spec.name, p) {
             Ok(lib) => lib,
             Err(e) => {
                 errors.push(p.origin.error(format!("plugin {}: {e}", p.name)));

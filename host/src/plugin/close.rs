@@ -37,7 +37,7 @@ pub struct Closing {
     pub hash: String,
     pub hooks: Vec<UnloadHook>,
     /// Deletes the private copy once the library is closed (when no one else uses it).
-    pub lease: Lease,
+    pub lease: Option<Lease>,
 }
 
 /// Hands `closing` to the closer thread, which closes it [`QUIET`] from now.
@@ -85,6 +85,7 @@ fn close(c: Closing) {
         UnloadReport::Pinned { reason } => {
             tracing::warn!(plugin = %plugin, version = %version, hash = %hash, "plugin library pinned: {reason}")
         }
+        UnloadReport::ProcessExited { .. } => {}
     }
     for hook in c.hooks {
         hook(&report);

@@ -5,6 +5,10 @@
 //!   **after** the object, so the object is dropped first;
 //! - everything a plugin returns is copied into host-owned memory at the boundary (strings with
 //!   `to_string`, events with [`Event::rehome`]) and the plugin's value is dropped right there.
+//!
+//! A library with `isolation: process` is not mapped here at all: a child process maps it (see
+//! [`super::process`]), and its objects are handles to objects in that process. The rest of the
+//! daemon sees the same types either way.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -18,24 +22,39 @@ use orgloop_plugin_sdk::abi::*;
 use orgloop_plugin_sdk::{Event, Manifest, Outcome, Polled, SymbolKind, TransformCtx, Verdict};
 
 use super::close::{close_later, Closing};
+use super::process::{Remote, Supervisor};
+use super::services::Services;
 use super::store::{Lease, Stored};
 use super::verify::UnloadReport;
+
+/// A boxed future of a plugin call.
+pub type CallFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 type UnloadHook = Box<dyn FnOnce(&UnloadReport) + Send>;
 
 /// A loaded plugin library. Dropping the last `Arc` closes it (a moment later, see
 /// [`super::close`]) and verifies the unload.
 pub struct Library {
-    root: PluginRootRef,
+    backend: Backend,
     manifest: Manifest,
     hash: String,
     /// The private copy that is mapped.
     path: PathBuf,
     /// The user's build it was copied from.
     source: PathBuf,
-    raw: Option<RawLibrary>,
     lease: Option<Lease>,
     on_unload: Mutex<Vec<UnloadHook>>,
+}
+
+/// Where the library's code runs.
+enum Backend {
+    /// Mapped into this process.
+    Mapped {
+        root: PluginRootRef,
+        raw: Option<RawLibrary>,
+    },
+    /// Mapped by a child process.
+    Process(Arc<Supervisor>),
 }
 
 impl Library {
@@ -47,14 +66,59 @@ impl Library {
         source: PathBuf,
     ) -> Self {
         Library {
-            root,
+            backend: Backend::Mapped {
+                root,
+                raw: Some(raw),
+            },
             manifest,
             hash: stored.hash,
             path: stored.path,
             source,
-            raw: Some(raw),
             lease: Some(stored.lease),
             on_unload: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A library a child process loaded.
+    pub(super) fn isolated(
+        supervisor: Supervisor,
+        manifest: Manifest,
+        stored: Stored,
+        source: PathBuf,
+    ) -> Self {
+        Library {
+            backend: Backend::Process(Arc::new(supervisor)),
+            manifest,
+            hash: stored.hash,
+            path: stored.path,
+            source,
+            lease: Some(stored.lease),
+            on_unload: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Maps `path` as it is, without a store (a plugin process maps the daemon's copy).
+    pub fn open_here(path: &Path) -> Result<Library, super::PluginLoadError> {
+        let (raw, root, manifest) = super::load::open(path)?;
+        Ok(Library {
+            backend: Backend::Mapped {
+                root,
+                raw: Some(raw),
+            },
+            manifest,
+            hash: String::new(),
+            path: path.to_path_buf(),
+            source: path.to_path_buf(),
+            lease: None,
+            on_unload: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The plugin process, for a library with `isolation: process`.
+    pub fn process(&self) -> Option<&Supervisor> {
+        match &self.backend {
+            Backend::Process(s) => Some(s),
+            Backend::Mapped { .. } => None,
         }
     }
 
@@ -123,14 +187,11 @@ impl Library {
         self: &Arc<Self>,
         symbol: &str,
         config: &str,
-        host: HostBox,
+        services: Services,
     ) -> Result<PluginTransform, String> {
-        self.check_kind(symbol, SymbolKind::Transform)?;
-        let obj = take(self.root.new_transform()(
-            RStr::from_str(symbol),
-            RStr::from_str(config),
-            host,
-        ))?;
+        let obj = self.build(SymbolKind::Transform, symbol, config, services, |root| {
+            root.new_transform()
+        })?;
         Ok(PluginTransform {
             obj,
             lib: self.clone(),
@@ -142,14 +203,11 @@ impl Library {
         self: &Arc<Self>,
         symbol: &str,
         config: &str,
-        host: HostBox,
+        services: Services,
     ) -> Result<PluginActor, String> {
-        self.check_kind(symbol, SymbolKind::Actor)?;
-        let obj = take(self.root.new_actor()(
-            RStr::from_str(symbol),
-            RStr::from_str(config),
-            host,
-        ))?;
+        let obj = self.build(SymbolKind::Actor, symbol, config, services, |root| {
+            root.new_actor()
+        })?;
         Ok(PluginActor {
             obj,
             lib: self.clone(),
@@ -161,36 +219,89 @@ impl Library {
         self: &Arc<Self>,
         symbol: &str,
         config: &str,
-        host: HostBox,
+        services: Services,
     ) -> Result<PluginSource, String> {
-        self.check_kind(symbol, SymbolKind::Source)?;
-        let obj = take(self.root.new_source()(
-            RStr::from_str(symbol),
-            RStr::from_str(config),
-            host,
-        ))?;
+        let obj = self.build(SymbolKind::Source, symbol, config, services, |root| {
+            root.new_source()
+        })?;
         Ok(PluginSource {
             obj,
             lib: self.clone(),
         })
     }
+
+    /// Runs the plugin's constructor of `kind` here or in the plugin process.
+    fn build<B>(
+        &self,
+        kind: SymbolKind,
+        symbol: &str,
+        config: &str,
+        services: Services,
+        constructor: impl FnOnce(&PluginRootRef) -> Constructor<B>,
+    ) -> Result<Object<B>, String> {
+        self.check_kind(symbol, kind)?;
+        match &self.backend {
+            Backend::Mapped { root, .. } => take(constructor(root)(
+                RStr::from_str(symbol),
+                RStr::from_str(config),
+                services.into_box(),
+            ))
+            .map(Object::Mapped),
+            Backend::Process(sup) => sup
+                .build(kind, symbol, config, services)
+                .map(|id| Object::Remote(Remote::new(id, sup.clone()))),
+        }
+    }
+}
+
+/// A plugin's constructor of one kind of object.
+type Constructor<B> = extern "C" fn(RStr<'_>, RStr<'_>, HostBox) -> RResult<B, RString>;
+
+/// A plugin object: mapped here, or living in the plugin process.
+enum Object<B> {
+    Mapped(B),
+    Remote(Remote),
 }
 
 impl Drop for Library {
     /// Hands the handle to the closer, which unmaps it a moment later (see [`super::close`]).
+    /// A child process is stopped instead, on a thread of its own (it may take a moment).
     fn drop(&mut self) {
-        let (Some(raw), Some(lease)) = (self.raw.take(), self.lease.take()) else {
-            return;
-        };
-        close_later(Closing {
-            raw,
-            path: self.path.clone(),
-            plugin: self.manifest.name.clone(),
-            version: self.manifest.version.clone(),
-            hash: short(&self.hash).to_owned(),
-            hooks: std::mem::take(self.on_unload.get_mut().unwrap_or_else(|e| e.into_inner())),
-            lease,
-        });
+        let hooks = std::mem::take(self.on_unload.get_mut().unwrap_or_else(|e| e.into_inner()));
+        let lease = self.lease.take();
+        match &mut self.backend {
+            Backend::Mapped { raw, .. } => {
+                let Some(raw) = raw.take() else { return };
+                close_later(Closing {
+                    raw,
+                    path: self.path.clone(),
+                    plugin: self.manifest.name.clone(),
+                    version: self.manifest.version.clone(),
+                    hash: short(&self.hash).to_owned(),
+                    hooks,
+                    lease,
+                });
+            }
+            Backend::Process(sup) => {
+                let sup = sup.clone();
+                let (plugin, version) = (self.manifest.name.clone(), self.manifest.version.clone());
+                let hash = short(&self.hash).to_owned();
+                let stop = move || {
+                    let report = sup.stop();
+                    tracing::info!(plugin = %plugin, version = %version, hash = %hash, "plugin process exited ({report})");
+                    for hook in hooks {
+                        hook(&report);
+                    }
+                    drop(lease);
+                };
+                if let Err(e) = std::thread::Builder::new()
+                    .name("p-stop".into())
+                    .spawn(stop)
+                {
+                    tracing::error!("cannot start a thread to stop a plugin process: {e}");
+                }
+            }
+        }
     }
 }
 
@@ -208,7 +319,7 @@ fn take<T>(r: RResult<T, RString>) -> Result<T, String> {
 
 /// A transform built by a plugin.
 pub struct PluginTransform {
-    obj: TransformBox,
+    obj: Object<TransformBox>,
     lib: Arc<Library>,
 }
 
@@ -218,15 +329,26 @@ impl PluginTransform {
         &self.lib
     }
 
-    /// Applies the transform. A replaced event comes back in host memory.
-    pub fn apply(&self, event: &Event, ctx: &TransformCtx<'_>) -> Result<Verdict, String> {
+    /// Applies the transform. A replaced event comes back in host memory. In a plugin process,
+    /// a call still running at `deadline` gets the process killed (its thread is stuck); here,
+    /// the call cannot be stopped and the caller measures the overrun.
+    pub fn apply(
+        &self,
+        event: &Event,
+        ctx: &TransformCtx<'_>,
+        deadline: std::time::Duration,
+    ) -> Result<Verdict, String> {
+        let obj = match &self.obj {
+            Object::Mapped(obj) => obj,
+            Object::Remote(remote) => return remote.apply(event, ctx, deadline),
+        };
         let ctx = FfiTransformCtx {
             source: RStr::from_str(ctx.source),
             route: RStr::from_str(ctx.route),
             actor: RStr::from_str(ctx.actor),
             module: RStr::from_str(ctx.module),
         };
-        match self.obj.apply(event, ctx) {
+        match obj.apply(event, ctx) {
             FfiVerdict::Pass => Ok(Verdict::Pass),
             FfiVerdict::Drop => Ok(Verdict::Drop),
             FfiVerdict::Replace(e) => Ok(Verdict::Replace(e.rehome())),
@@ -237,7 +359,7 @@ impl PluginTransform {
 
 /// An actor built by a plugin.
 pub struct PluginActor {
-    obj: ActorBox,
+    obj: Object<ActorBox>,
     lib: Arc<Library>,
 }
 
@@ -284,7 +406,11 @@ impl PluginActor {
         &self,
         req: DeliveryRequest,
         cancel: CancelBox,
-    ) -> impl Future<Output = Result<Outcome, Failure>> + Send + 'static {
+    ) -> CallFuture<Result<Outcome, Failure>> {
+        let obj = match &self.obj {
+            Object::Mapped(obj) => obj,
+            Object::Remote(remote) => return keep(remote.deliver(req, cancel), &self.lib),
+        };
         let wire = FfiDelivery {
             event: req.event,
             config_json: req.config_json.into(),
@@ -306,18 +432,18 @@ impl PluginActor {
                 }),
             }
         }
-        WithLibrary {
-            fut: self.obj.deliver(wire, cancel),
+        Box::pin(WithLibrary {
+            fut: obj.deliver(wire, cancel),
             convert,
             panicked: || Err(Failure::new(PANICKED)),
             lib: self.lib.clone(),
-        }
+        })
     }
 }
 
 /// A source built by a plugin.
 pub struct PluginSource {
-    obj: SourceBox,
+    obj: Object<SourceBox>,
     lib: Arc<Library>,
 }
 
@@ -328,10 +454,11 @@ impl PluginSource {
     }
 
     /// Polls once. Events come back in host memory.
-    pub fn poll(
-        &self,
-        checkpoint: Option<String>,
-    ) -> impl Future<Output = Result<Polled, String>> + Send + 'static {
+    pub fn poll(&self, checkpoint: Option<String>) -> CallFuture<Result<Polled, String>> {
+        let obj = match &self.obj {
+            Object::Mapped(obj) => obj,
+            Object::Remote(remote) => return keep(remote.poll(checkpoint), &self.lib),
+        };
         fn convert(polled: FfiPolled) -> Result<Polled, String> {
             match polled {
                 FfiPolled::Ok { events, checkpoint } => Ok(Polled {
@@ -342,13 +469,26 @@ impl PluginSource {
             }
         }
         let checkpoint = checkpoint.map_or(RNone, |c| RSome(c.into()));
-        WithLibrary {
-            fut: self.obj.poll(checkpoint),
+        Box::pin(WithLibrary {
+            fut: obj.poll(checkpoint),
             convert,
             panicked: || Err(PANICKED.to_owned()),
             lib: self.lib.clone(),
-        }
+        })
     }
+}
+
+/// A call into a plugin process, holding the library (and so the process) until it is done.
+fn keep<T: 'static>(
+    call: impl Future<Output = T> + Send + 'static,
+    lib: &Arc<Library>,
+) -> CallFuture<T> {
+    let lib = lib.clone();
+    Box::pin(async move {
+        let r = call.await;
+        drop(lib);
+        r
+    })
 }
 
 /// What a panic that escaped the plugin's own guards becomes.

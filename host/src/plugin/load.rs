@@ -20,10 +20,12 @@ use orgloop_plugin_sdk::abi::{AbiStamp, PluginRootRef, ABI_STAMP_SYMBOL, ABI_VER
 use orgloop_plugin_sdk::Manifest;
 
 use super::library::Library;
+use super::process::Supervisor;
 use super::store::PluginStore;
+use crate::config::spec::{Isolation, PluginSpec};
 
 /// Why a plugin library was refused.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum PluginLoadError {
     /// The file could not be read or copied.
     Io(String),
@@ -61,8 +63,9 @@ impl std::fmt::Display for PluginLoadError {
     }
 }
 
-/// A build of a module's plugin: the module's name and the content hash.
-type BuildKey = (String, String);
+/// A build of a module's plugin: the module's name, the content hash, and how it is isolated
+/// (with a process's memory limit).
+type BuildKey = (String, String, Isolation, Option<u64>);
 
 /// Loads plugin libraries for one daemon. A build that is already loaded for a module is shared
 /// (by content hash), not opened twice — also when it was mapped from a copy of its own.
@@ -70,6 +73,8 @@ type BuildKey = (String, String);
 pub struct Loader {
     store: PluginStore,
     loaded: Arc<Mutex<HashMap<BuildKey, Weak<Library>>>>,
+    /// For plugin entries that do not say (`orgloop start --isolation`).
+    default_isolation: Isolation,
 }
 
 impl Loader {
@@ -77,15 +82,24 @@ impl Loader {
         Loader {
             store,
             loaded: Default::default(),
+            default_isolation: Isolation::InProcess,
         }
+    }
+
+    /// Loads plugins whose entry says nothing about `isolation` this way.
+    pub fn with_default_isolation(mut self, isolation: Isolation) -> Self {
+        self.default_isolation = isolation;
+        self
     }
 
     pub fn store(&self) -> &PluginStore {
         &self.store
     }
 
-    /// Copies `source` into the store for `module` and opens the copy.
-    pub fn load(&self, module: &str, source: &Path) -> Result<Arc<Library>, PluginLoadError> {
+    /// Copies the build of `plugin` into the store for `module` and opens the copy, here or in
+    /// a plugin process.
+    pub fn load(&self, module: &str, plugin: &PluginSpec) -> Result<Arc<Library>, PluginLoadError> {
+        let source = plugin.path.as_path();
         let import = |own_copy| {
             self.store
                 .import(module, source, own_copy)
@@ -93,8 +107,27 @@ impl Loader {
         };
         let stored = import(false)?;
         let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (module.to_owned(), stored.hash.clone());
+        let isolation = plugin.isolation.unwrap_or(self.default_isolation);
+        let key = (
+            module.to_owned(),
+            stored.hash.clone(),
+            isolation,
+            plugin.max_memory,
+        );
         if let Some(lib) = loaded.get(&key).and_then(Weak::upgrade) {
+            return Ok(lib);
+        }
+        if isolation == Isolation::Process {
+            // The child maps the copy; the daemon never does, so any copy will do.
+            let (sup, manifest) =
+                Supervisor::start(module, &plugin.name, stored.path.clone(), plugin.max_memory)?;
+            let lib = Arc::new(Library::isolated(
+                sup,
+                manifest,
+                stored,
+                source.to_path_buf(),
+            ));
+            loaded.insert(key, Arc::downgrade(&lib));
             return Ok(lib);
         }
         // Leased by a library no one uses any more: it is being closed (see `super::close`).
@@ -119,7 +152,7 @@ impl Loader {
 }
 
 /// Opens and checks one library file.
-fn open(path: &Path) -> Result<(RawLibrary, PluginRootRef, Manifest), PluginLoadError> {
+pub(super) fn open(path: &Path) -> Result<(RawLibrary, PluginRootRef, Manifest), PluginLoadError> {
     let raw = RawLibrary::load_at(path).map_err(|e| PluginLoadError::Open(e.to_string()))?;
 
     // SAFETY: the symbol, when present, is the `AbiStamp` static that `export_plugin!` defines:

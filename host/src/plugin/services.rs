@@ -27,23 +27,45 @@ pub struct Services {
     pub source: Option<String>,
     pub emitter: Emitter,
     pub http: HttpClient,
+    /// Where log lines go instead of the daemon's log (in a plugin process: to the daemon).
+    pub log_to: Option<LogSink>,
 }
+
+/// Takes a plugin's log lines: level and message.
+pub type LogSink = Arc<dyn Fn(u8, &str) + Send + Sync>;
 
 impl Services {
     pub fn into_box(self) -> HostBox {
         HostServices_TO::from_value(self, TD_Opaque)
     }
-}
 
-impl HostServices for Services {
-    fn log(&self, level: u8, message: RStr<'_>) {
-        let (module, object, message) = (&*self.module, &self.object, message.as_str());
+    /// Writes a line of this object into the daemon's log.
+    pub fn write_log(&self, level: u8, message: &str) {
+        let (module, object) = (&*self.module, &self.object);
         match Level::from_wire(level) {
             Level::Trace => tracing::trace!(target: "orgloop::plugin", module, object, "{message}"),
             Level::Debug => tracing::debug!(target: "orgloop::plugin", module, object, "{message}"),
             Level::Info => tracing::info!(target: "orgloop::plugin", module, object, "{message}"),
             Level::Warn => tracing::warn!(target: "orgloop::plugin", module, object, "{message}"),
             Level::Error => tracing::error!(target: "orgloop::plugin", module, object, "{message}"),
+        }
+    }
+
+    /// Routes an event this object emitted (already in host memory) into its module.
+    pub fn emit_event(&self, event: Event) -> Result<(), String> {
+        let event = match &self.source {
+            Some(source) => normalize(event, source),
+            None => event,
+        };
+        (self.emitter)(event)
+    }
+}
+
+impl HostServices for Services {
+    fn log(&self, level: u8, message: RStr<'_>) {
+        match &self.log_to {
+            Some(sink) => sink(level, message.as_str()),
+            None => self.write_log(level, message.as_str()),
         }
     }
 
@@ -60,12 +82,7 @@ impl HostServices for Services {
 
     fn emit(&self, event: Event) -> RResult<(), RString> {
         // The plugin's copy is dropped at the end of this call, while its library is loaded.
-        let event = event.rehome();
-        let event = match &self.source {
-            Some(source) => normalize(event, source),
-            None => event,
-        };
-        match (self.emitter)(event) {
+        match self.emit_event(event.rehome()) {
             Ok(()) => RResult::ROk(()),
             Err(e) => RResult::RErr(e.into()),
         }

@@ -19,6 +19,21 @@ pub enum UnloadReport {
     Unloaded,
     /// Still mapped after `dlclose`: the plugin leaves something behind. A metric, not a failure.
     Pinned { reason: String },
+    /// `isolation: process`: the child process that had it mapped exited and was reaped.
+    #[serde(rename = "process_exited")]
+    ProcessExited { pid: u32, status: String },
+}
+
+impl std::fmt::Display for UnloadReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UnloadReport::Unloaded => write!(f, "unloaded"),
+            UnloadReport::Pinned { reason } => write!(f, "PINNED ({reason})"),
+            UnloadReport::ProcessExited { pid, status } => {
+                write!(f, "process exited (pid {pid}, {status})")
+            }
+        }
+    }
 }
 
 /// Whether `path` is mapped into this process.

@@ -117,6 +117,11 @@ fn print_drain(drain: &Value) {
                 "PINNED: {}",
                 lib["result"]["reason"].as_str().unwrap_or_default()
             ),
+            Some("process_exited") => format!(
+                "process exited (verified: pid {} is gone; it {})",
+                lib["result"]["pid"],
+                lib["result"]["status"].as_str().unwrap_or_default()
+            ),
             other => other.unwrap_or("?").to_owned(),
         };
         println!(

@@ -1,6 +1,7 @@
 //! `orgloop module status <name> [--json]`.
 
 use clap::Args;
+use serde_json::Value;
 
 use super::{build_text, error_of, print_drain, print_errors, Client};
 use crate::cli::exit;
@@ -75,9 +76,10 @@ pub fn run(client: &Client, args: &StatusArgs) -> u8 {
     }
     for p in g["plugins"].as_array().into_iter().flatten() {
         println!(
-            "  plugin {} {}",
+            "  plugin {} {}{}",
             p["name"].as_str().unwrap_or_default(),
-            build_text(&p["build"])
+            build_text(&p["build"]),
+            process_text(&p["process"])
         );
     }
     for d in m["draining"].as_array().into_iter().flatten() {
@@ -101,4 +103,23 @@ pub fn run(client: &Client, args: &StatusArgs) -> u8 {
         print_errors(&m["last_failed_reload"]);
     }
     exit::OK
+}
+
+/// `, process 1234 up, 2 restarts (last: was killed by signal 6 (SIGABRT))` for a plugin with
+/// `isolation: process`; empty otherwise.
+fn process_text(p: &Value) -> String {
+    if p.is_null() {
+        return String::new();
+    }
+    let mut text = format!(", process {}", p["state"].as_str().unwrap_or_default());
+    if let Some(pid) = p["pid"].as_u64() {
+        text.push_str(&format!(" (pid {pid})"));
+    }
+    if let Some(n) = p["restarts"].as_u64().filter(|n| *n > 0) {
+        text.push_str(&format!(", {n} restarts"));
+    }
+    if let Some(exit) = p["last_exit"]["status"].as_str() {
+        text.push_str(&format!(" (last exit: it {exit})"));
+    }
+    text
 }

@@ -1,0 +1,230 @@
+//! The protocol between the daemon and a plugin process: frames of a 4-byte little-endian length
+//! and a JSON message, over the child's stdin (to the child) and stdout (from it).
+//!
+//! JSON because events are JSON documents already and both ends are this binary: there is no
+//! schema to evolve across versions, and a frame stays readable in a debugger. Every call carries
+//! an id its reply repeats, so calls run concurrently and complete in any order; what a child
+//! sends about one object (a log line, an emitted event, then the reply) arrives in the order it
+//! was sent, which keeps an emitted event ahead of the ack of the delivery that emitted it.
+
+use std::io::{self, Read, Write};
+
+use orgloop_plugin_sdk::{Event, Manifest, SymbolKind};
+use serde::{Deserialize, Serialize};
+
+use crate::plugin::load::PluginLoadError;
+
+/// A frame longer than this is refused (an event is at most a few MB; see the webhook limit).
+pub const MAX_FRAME: usize = 64 << 20;
+
+/// What the daemon sends a plugin process.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Down {
+    /// Build an object, known from now on by `object`.
+    New {
+        call: u64,
+        object: u64,
+        kind: SymbolKind,
+        symbol: String,
+        config: String,
+    },
+    /// The object is no longer used.
+    Drop { object: u64 },
+    Apply {
+        call: u64,
+        object: u64,
+        event: Event,
+        ctx: Ctx,
+    },
+    Deliver {
+        call: u64,
+        object: u64,
+        delivery: Delivery,
+    },
+    /// Raise the cancellation signal of the delivery `call`.
+    Cancel { call: u64 },
+    Poll {
+        call: u64,
+        object: u64,
+        checkpoint: Option<String>,
+    },
+    /// Answered once a thread of the child's runtime is free: the child's heartbeat.
+    Ping { call: u64 },
+}
+
+/// A transform call's context.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Ctx {
+    pub source: String,
+    pub route: String,
+    pub actor: String,
+    pub module: String,
+}
+
+/// One delivery, as [`crate::plugin::library::DeliveryRequest`].
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Delivery {
+    pub event: Event,
+    pub config_json: String,
+    pub prompt: Option<String>,
+    pub prompt_file: Option<String>,
+    pub route: String,
+    pub idempotency_key: String,
+    pub attempt: u32,
+}
+
+/// What a plugin process sends the daemon.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Up {
+    /// The library loaded; the first frame of a child that started well.
+    Ready {
+        manifest: Manifest,
+    },
+    /// The library did not load; the child exits after this frame.
+    Refused {
+        error: PluginLoadError,
+    },
+    Reply {
+        call: u64,
+        reply: Reply,
+    },
+    /// A log line of `object`.
+    Log {
+        object: u64,
+        level: u8,
+        message: String,
+    },
+    /// An event `object` emitted.
+    Emit {
+        object: u64,
+        event: Event,
+    },
+}
+
+/// The answer to one call.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Reply {
+    Built(Result<(), String>),
+    Verdict(Result<Verdict, String>),
+    Outcome(Result<Outcome, Failure>),
+    Polled(Result<Polled, String>),
+    Pong,
+}
+
+/// [`orgloop_plugin_sdk::Verdict`] on the wire.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Verdict {
+    Pass,
+    Drop,
+    Replace(Event),
+}
+
+/// [`orgloop_plugin_sdk::Outcome`] on the wire.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Outcome {
+    Delivered,
+    Rejected(String),
+}
+
+/// [`crate::plugin::library::Failure`] on the wire.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Failure {
+    pub message: String,
+    pub permanent: bool,
+    pub retry_after_ms: Option<u64>,
+}
+
+/// [`orgloop_plugin_sdk::Polled`] on the wire.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Polled {
+    pub events: Vec<Event>,
+    pub checkpoint: Option<String>,
+}
+
+/// Appends `msg` as one frame to `out`.
+pub fn encode<T: Serialize>(msg: &T, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    // Serializing these types cannot fail: every map key is a string.
+    serde_json::to_writer(&mut *out, msg).expect("a wire message serializes");
+    let len = (out.len() - start - 4) as u32;
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+}
+
+/// Writes `msg` as one frame.
+pub fn write<T: Serialize>(w: &mut impl Write, msg: &T) -> io::Result<()> {
+    let mut buf = Vec::new();
+    encode(msg, &mut buf);
+    w.write_all(&buf)
+}
+
+/// Reads one frame; `None` at a clean end of the stream.
+pub fn read<T: for<'de> Deserialize<'de>>(
+    r: &mut impl Read,
+    buf: &mut Vec<u8>,
+) -> io::Result<Option<T>> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("a frame of {len} bytes is over the limit of {MAX_FRAME}"),
+        ));
+    }
+    buf.resize(len, 0);
+    r.read_exact(buf)?;
+    serde_json::from_slice(buf)
+        .map(Some)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("a bad frame: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_back_to_back() {
+        let event = Event::builder("src", orgloop_plugin_sdk::EventType::ResourceChanged).build();
+        let mut buf = Vec::new();
+        encode(&Down::Ping { call: 7 }, &mut buf);
+        encode(
+            &Down::Apply {
+                call: 8,
+                object: 1,
+                event: event.clone(),
+                ctx: Ctx {
+                    source: "src".into(),
+                    route: "r".into(),
+                    actor: "a".into(),
+                    module: "m".into(),
+                },
+            },
+            &mut buf,
+        );
+        let mut r = &buf[..];
+        let mut scratch = Vec::new();
+        assert!(matches!(
+            read(&mut r, &mut scratch).unwrap(),
+            Some(Down::Ping { call: 7 })
+        ));
+        match read(&mut r, &mut scratch).unwrap() {
+            Some(Down::Apply {
+                call: 8, event: e, ..
+            }) => assert_eq!(e, event),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(read::<Down>(&mut r, &mut scratch).unwrap().is_none());
+    }
+
+    #[test]
+    fn an_oversized_length_is_refused_before_reading() {
+        let len = (MAX_FRAME as u32 + 1).to_le_bytes();
+        let err = read::<Down>(&mut &len[..], &mut Vec::new()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+}
