@@ -21,7 +21,7 @@ use crate::control::Control;
 use crate::daemon::Daemon;
 use crate::generator::{self, Load, Plan};
 use crate::module::{self, Scratch, NAME, SOURCE};
-use crate::procfs::{maps, rss_kb, CpuMeter};
+use crate::procfs::{children, maps, rss_kb, CpuMeter};
 use crate::report::{self, mb, thousands, Out};
 use crate::sink::{Arrival, Sink};
 use crate::stats::{median, percentile, Summary};
@@ -51,6 +51,9 @@ struct Sample {
     plugin_maps: usize,
     /// Plugin copies on disk in the daemon's run directory.
     plugin_files: usize,
+    /// Plugin processes (`isolation: process`), and their memory together.
+    processes: usize,
+    processes_rss_kb: u64,
 }
 
 pub async fn run(
@@ -95,7 +98,7 @@ pub async fn run(
         bot_every: 0,
         max_queued: 100_000,
     };
-    let (daemon_cpu, load_start_ns) = (CpuMeter::start(daemon.pid), now_ns());
+    let (daemon_cpu, load_start_ns) = (CpuMeter::start_tree(daemon.pid), now_ns());
     let load = tokio::spawn(generator::run(plan));
     tokio::time::sleep(Duration::from_secs_f64(args.steady)).await;
 
@@ -209,15 +212,17 @@ pub async fn run(
         .map(|(v, n)| format!("{}.{}: {}", v / 100, v % 100, thousands(*n as f64)))
         .collect();
     out.line(format!("  deliveries by http plugin version: {}   daemon cpu {daemon_cores:.2} cores, warnings {warnings}", versions.join(", ")));
-    out.line("  reloads   rss        maps   plugin maps   plugin copies on disk");
+    out.line("  reloads   rss        maps   plugin maps   plugin copies on disk   plugin processes (rss)");
     for s in &samples {
         out.line(format!(
-            "  {:>7}   {:>9}  {:>5}   {:>11}   {:>6}",
+            "  {:>7}   {:>9}  {:>5}   {:>11}   {:>21}   {:>3} ({})",
             s.reloads,
             mb(s.rss_kb),
             s.maps,
             s.plugin_maps,
-            s.plugin_files
+            s.plugin_files,
+            s.processes,
+            mb(s.processes_rss_kb)
         ));
     }
     if let Some(f) = &failure {
@@ -248,7 +253,7 @@ pub async fn run(
         "p99_ratio": ratio,
         "daemon_cores": daemon_cores,
         "daemon_warnings": warnings,
-        "footprint": samples.iter().map(|s| json!({"reloads": s.reloads, "rss_kb": s.rss_kb, "maps": s.maps, "plugin_maps": s.plugin_maps, "plugin_files": s.plugin_files})).collect::<Vec<_>>(),
+        "footprint": samples.iter().map(|s| json!({"reloads": s.reloads, "rss_kb": s.rss_kb, "maps": s.maps, "plugin_maps": s.plugin_maps, "plugin_files": s.plugin_files, "processes": s.processes, "processes_rss_kb": s.processes_rss_kb})).collect::<Vec<_>>(),
     }))
 }
 
@@ -281,7 +286,8 @@ async fn reload_once(control: &Control, dir: &Path, build: &Path) -> Result<Swap
         drain_ms: drain["duration_ms"].as_u64().unwrap_or(0),
         cancelled: drain["cancelled"].as_u64().unwrap_or(0),
         pinned: count("pinned"),
-        unloaded: count("unloaded"),
+        // With `isolation: process`, a retired build's child process exited instead.
+        unloaded: count("unloaded") + count("process_exited"),
     })
 }
 
@@ -306,12 +312,15 @@ async fn wait_drain(control: &Control, from: u64) -> Result<Value, String> {
 fn footprint(pid: u32, home: &Path, reloads: u64) -> Sample {
     let (maps, plugin_maps) = maps(pid, home).unwrap_or((0, 0));
     let plugin_files = count_files(&home.join("run").join(pid.to_string()));
+    let processes = children(pid);
     Sample {
         reloads,
         rss_kb: rss_kb(pid).unwrap_or(0),
         maps,
         plugin_maps,
         plugin_files,
+        processes: processes.len(),
+        processes_rss_kb: processes.into_iter().filter_map(rss_kb).sum(),
     }
 }
 

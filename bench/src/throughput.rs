@@ -12,7 +12,7 @@ use crate::daemon::Daemon;
 use crate::disk::{data_dir, dir_bytes};
 use crate::generator::{self, Load, Plan};
 use crate::module::{self, Scratch, SOURCE};
-use crate::procfs::{rss_kb, CpuMeter};
+use crate::procfs::{tree_rss_kb, CpuMeter};
 use crate::report::{self, mb, size, thousands, Out};
 use crate::sampler::Sampler;
 use crate::sink::Sink;
@@ -114,7 +114,8 @@ pub async fn throughput(
         load.describe(),
         l.duration
     ));
-    let rss_start = rss_kb(daemon.pid).unwrap_or(0);
+    // With `isolation: process`, memory and CPU count the plugin processes too.
+    let rss_start = tree_rss_kb(daemon.pid).unwrap_or(0);
     // Both samplers stop when the run does; their caps only back up the run's own bounds
     // (sending, up to 15 s for the last answers, the grace) with a minute to spare.
     let run_secs = l.duration + 15.0 + l.grace + 60.0;
@@ -122,7 +123,7 @@ pub async fn throughput(
     let rss = Sampler::start(
         Duration::from_millis(100),
         (run_secs * 10.0) as usize,
-        move || rss_kb(pid),
+        move || tree_rss_kb(pid),
     );
     // Disk use once a second: with durable delivery every accepted event is written to the
     // data directory; these samples show whether compaction keeps it flat over a long run.
@@ -152,7 +153,7 @@ pub async fn throughput(
         max_queued: l.max_queued,
     };
     let (daemon_cpu, tool_cpu) = (
-        CpuMeter::start(daemon.pid),
+        CpuMeter::start_tree(daemon.pid),
         CpuMeter::start(std::process::id()),
     );
     let gen = generator::run(plan).await?;
@@ -169,7 +170,7 @@ pub async fn throughput(
     }
     let rss_peak = rss.finish().await.max().max(rss_start);
     let disk = disk.finish().await;
-    let rss_end = rss_kb(daemon.pid).unwrap_or(0);
+    let rss_end = tree_rss_kb(daemon.pid).unwrap_or(0);
     let warnings = daemon.warnings();
     let crashed = daemon.exited();
     if let Some(status) = &crashed {

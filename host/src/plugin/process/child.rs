@@ -178,23 +178,24 @@ impl Host {
                 let Some(Object::Transform(t)) = self.object(object) else {
                     return Self::reply(&out, call, Reply::Verdict(Err(missing(object))));
                 };
-                rt.spawn(async move {
-                    let ctx = TransformCtx {
-                        source: &ctx.source,
-                        route: &ctx.route,
-                        actor: &ctx.actor,
-                        module: &ctx.module,
-                    };
-                    // The daemon keeps the deadline (it kills this process past it).
-                    let verdict =
-                        t.apply(&event, &ctx, std::time::Duration::MAX)
-                            .map(|v| match v {
-                                Verdict::Pass => wire::Verdict::Pass,
-                                Verdict::Drop => wire::Verdict::Drop,
-                                Verdict::Replace(e) => wire::Verdict::Replace(e),
-                            });
-                    Self::reply(&out, call, Reply::Verdict(verdict));
-                });
+                let ctx = TransformCtx {
+                    source: &ctx.source,
+                    route: &ctx.route,
+                    actor: &ctx.actor,
+                    module: &ctx.module,
+                };
+                // Right here, on the reading thread: a transform is synchronous, and a hand-off
+                // to the runtime would cost a thread wake-up per call. The daemon keeps the
+                // deadline (it kills this process past it, and its heartbeat allows for it).
+                let _guard = rt.enter();
+                let verdict = t
+                    .apply(&event, &ctx, std::time::Duration::MAX)
+                    .map(|v| match v {
+                        Verdict::Pass => wire::Verdict::Pass,
+                        Verdict::Drop => wire::Verdict::Drop,
+                        Verdict::Replace(e) => wire::Verdict::Replace(e),
+                    });
+                Self::reply(&out, call, Reply::Verdict(verdict));
             }
             Down::Deliver {
                 call,

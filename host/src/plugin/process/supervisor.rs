@@ -49,7 +49,9 @@ const BUILD_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a retired child may take to exit after its input closed, before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(5);
 /// The heartbeat: a ping every [`PING_EVERY`]; a child none of whose threads answered for
-/// [`STALLED_AFTER`] is reported, and for [`STUCK_AFTER`] it is killed and restarted.
+/// [`STALLED_AFTER`] is reported, and for [`STUCK_AFTER`] it is killed and restarted — unless a
+/// transform call or a constructor, which run on the thread that reads the pings, is still
+/// within its deadline.
 const PING_EVERY: Duration = Duration::from_secs(1);
 const STALLED_AFTER: Duration = Duration::from_secs(2);
 const STUCK_AFTER: Duration = Duration::from_secs(30);
@@ -214,9 +216,21 @@ struct Shared {
     changed: Condvar,
     objects: Mutex<HashMap<u64, Registered>>,
     next_id: AtomicU64,
+    /// Unix ms until which a blocking call may keep the child's reading thread busy.
+    busy_until: AtomicI64,
 }
 
 impl Shared {
+    /// How long the child has not answered a ping, unless a blocking call within its deadline
+    /// explains it.
+    fn silent(&self, link: &Link) -> Option<Duration> {
+        let now = now_ms();
+        if now < self.busy_until.load(Ordering::Relaxed) {
+            return None;
+        }
+        Some(since(link.last_pong.load(Ordering::Relaxed)))
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -277,6 +291,7 @@ impl Supervisor {
             changed: Condvar::new(),
             objects: Mutex::default(),
             next_id: AtomicU64::new(1),
+            busy_until: AtomicI64::new(0),
         });
         let (ready, loaded) = sync_channel(1);
         let s = shared.clone();
@@ -420,6 +435,9 @@ impl Supervisor {
         let call = self.next_id();
         let (tx, rx) = sync_channel(1);
         link.wait(call, Waiter::Blocking(tx))?;
+        self.shared
+            .busy_until
+            .fetch_max(now_ms() + deadline.as_millis() as i64, Ordering::Relaxed);
         link.out.send(&make(call));
         match rx.recv_timeout(deadline.saturating_sub(started.elapsed())) {
             Ok(r) => r,
@@ -456,7 +474,7 @@ impl Supervisor {
     pub fn status(&self) -> ProcessStatus {
         let st = self.shared.state();
         let link = st.link.as_ref();
-        let silent = link.map(|l| since(l.last_pong.load(Ordering::Relaxed)));
+        let silent = link.and_then(|l| self.shared.silent(l));
         let last = st.last_exit.as_ref();
         let degraded = match st.phase {
             Phase::Up => silent.filter(|s| *s >= STALLED_AFTER).map(|s| {
@@ -949,7 +967,7 @@ fn watchdog() -> &'static Mutex<Vec<Weak<Shared>>> {
                     let Some(link) = s.state().link.clone() else {
                         continue;
                     };
-                    let silent = since(link.last_pong.load(Ordering::Relaxed));
+                    let silent = s.silent(&link).unwrap_or_default();
                     if silent >= STUCK_AFTER {
                         s.kill(
                             &link,
