@@ -84,6 +84,11 @@ impl Daemon {
     }
 
     /// Spawns the daemon on a free port and waits until it listens.
+    /// `--daemon-env` pairs as [`start`](Self::start) takes them.
+    pub fn env(pairs: &[(String, String)]) -> Vec<(&str, String)> {
+        pairs.iter().map(|(k, v)| (k.as_str(), v.clone())).collect()
+    }
+
     pub fn start(
         bin: &Path,
         modules: &[&Path],

@@ -174,6 +174,10 @@ pub struct ReloadArgs {
     /// Sample RSS and mappings every this many reloads.
     #[arg(long, default_value_t = 100)]
     pub sample_every: u64,
+    /// Extra environment for the daemon, KEY=VALUE (repeatable): ORGLOOP_ISOLATION=process
+    /// reloads plugins that run in child processes.
+    #[arg(long, value_parser = key_value)]
+    pub daemon_env: Vec<(String, String)>,
 }
 
 #[derive(Args, Clone)]

@@ -59,7 +59,7 @@ pub async fn run(
         "ORGLOOP_MAX_STORE_BYTES",
         room.max(DEFAULT_STORE_BYTES).to_string(),
     )];
-    env.extend(args.daemon_env.iter().map(|(k, v)| (k.as_str(), v.clone())));
+    env.extend(Daemon::env(&args.daemon_env));
     let orgloop = artifacts.orgloop();
     let load = Load::Closed(args.concurrency.max(1));
     out.line(format!(

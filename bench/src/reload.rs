@@ -76,11 +76,12 @@ pub async fn run(
         &v1,
         None,
     )?;
+    let env = Daemon::env(&args.daemon_env);
     let mut daemon =
-        tokio::task::block_in_place(|| Daemon::start(&artifacts.orgloop(), &[&dir], &home, &[]))?;
+        tokio::task::block_in_place(|| Daemon::start(&artifacts.orgloop(), &[&dir], &home, &env))?;
     let control = Control::new(daemon.port, &daemon.token()?);
     control.status(NAME).await?;
-    report::daemon(out, artifacts, &daemon, &[]);
+    report::daemon(out, artifacts, &daemon, &args.daemon_env);
     out.line(format!(
         "reload under load: {:.0} events/s open loop; {} reloads alternating http 0.1.0 / 0.2.0 after {:.0} s steady; cap {:.0} s",
         args.rate, args.reloads, args.steady, args.max_time
@@ -231,6 +232,7 @@ pub async fn run(
 
     Ok(json!({
         "benchmark": "reload",
+        "daemon_env": args.daemon_env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
         "rate": args.rate,
         "daemon": artifacts.built_at(),
         "reloads_requested": args.reloads,

@@ -101,11 +101,7 @@ pub async fn throughput(
         &artifacts.plugin("http"),
         None,
     )?;
-    let env: Vec<(&str, String)> = args
-        .daemon_env
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.clone()))
-        .collect();
+    let env = Daemon::env(&args.daemon_env);
     let mut daemon =
         tokio::task::block_in_place(|| Daemon::start(&artifacts.orgloop(), &[&dir], &home, &env))?;
     report::daemon(out, artifacts, &daemon, &args.daemon_env);
