@@ -20,6 +20,7 @@ mod ops;
 mod quickstart;
 mod reload;
 mod reload_rejects;
+mod rollout;
 mod routing;
 mod sources;
 mod stalls;

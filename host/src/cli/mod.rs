@@ -72,4 +72,6 @@ pub mod exit {
     pub const FAILURE: u8 = 1;
     /// The configuration is invalid.
     pub const INVALID: u8 = 2;
+    /// A reload was rolled back (its new generation did worse, or by hand).
+    pub const ROLLED_BACK: u8 = 3;
 }

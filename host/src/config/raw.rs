@@ -49,6 +49,31 @@ pub struct Defaults {
     pub max_queue_bytes: Option<u64>,
     /// Threads the module's plugin code runs on (default 2).
     pub threads: Option<u32>,
+    /// How reloads of this module roll out (canary, automatic rollback).
+    pub reload: Option<ReloadDef>,
+}
+
+/// `defaults.reload:`: how a reload rolls out unless `orgloop module reload` says otherwise.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadDef {
+    /// The share of new events the new generation gets first, e.g. `10%`.
+    pub canary: Option<String>,
+    /// How long the canary lasts before the new generation gets every event (default `60s`).
+    pub canary_for: Option<String>,
+    /// Compare the new generation with the previous one and swap back when it does worse.
+    pub auto_rollback: Option<bool>,
+    /// With `auto_rollback`: how long the comparison goes on after the full swap (default `30s`).
+    pub bake: Option<String>,
+    /// Worse means: transform error rate up by more than this (default 0.05, 5 points)...
+    pub max_error_rate_increase: Option<f64>,
+    /// ... or delivery failure rate up by more than this (default 0.05) ...
+    pub max_failure_rate_increase: Option<f64>,
+    /// ... or p99 delivery latency more than this many times the previous one (default 2.0,
+    /// and at least 50 ms more) ...
+    pub max_latency_ratio: Option<f64>,
+    /// ... each once the new generation has this many samples of it (default 20).
+    pub min_samples: Option<u64>,
 }
 
 /// `retry:` of an actor (or of `defaults:`): how a failed delivery is tried again.

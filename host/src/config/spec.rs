@@ -60,6 +60,71 @@ pub struct ModuleSpec {
     pub max_queue_bytes: u64,
     /// Threads its plugin code runs on (read when the module is loaded).
     pub threads: usize,
+    /// How its reloads roll out, unless the reload request says otherwise.
+    pub reload: RolloutPolicy,
+}
+
+/// How a reload rolls out: all at once (the default), or first to a share of new events (a
+/// canary), with or without comparing the new generation against the previous one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RolloutPolicy {
+    /// The share of new events the new generation gets first, in basis points (1/100 of a
+    /// percent); `None`: every event at once.
+    pub canary: Option<u32>,
+    pub canary_for: Duration,
+    pub auto_rollback: bool,
+    /// With `auto_rollback`, how long the comparison goes on after the full swap.
+    pub bake: Duration,
+    pub thresholds: Thresholds,
+}
+
+impl Default for RolloutPolicy {
+    fn default() -> Self {
+        RolloutPolicy {
+            canary: None,
+            canary_for: Duration::from_secs(60),
+            auto_rollback: false,
+            bake: Duration::from_secs(30),
+            thresholds: Thresholds::default(),
+        }
+    }
+}
+
+/// When a new generation counts as worse than the previous one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Thresholds {
+    /// Transform error rate (errors per call) up by more than this.
+    pub max_error_rate_increase: f64,
+    /// Delivery failure rate (failed attempts per attempt) up by more than this.
+    pub max_failure_rate_increase: f64,
+    /// p99 delivery latency more than this many times the previous one (and 50 ms more).
+    pub max_latency_ratio: f64,
+    /// Samples of a figure the new generation needs before it can count as worse by it.
+    pub min_samples: u64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            max_error_rate_increase: 0.05,
+            max_failure_rate_increase: 0.05,
+            max_latency_ratio: 2.0,
+            min_samples: 20,
+        }
+    }
+}
+
+/// `10%`, `2.5%` or `10`: a share of events in basis points, more than 0 and at most 100%.
+pub fn parse_share(text: &str) -> Result<u32, String> {
+    let number = text.trim().trim_end_matches('%').trim();
+    let percent: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a share (expected e.g. 10%)"))?;
+    let bp = (percent * 100.0).round();
+    if !(1.0..=10_000.0).contains(&bp) {
+        return Err(format!("{text:?} must be more than 0% and at most 100%"));
+    }
+    Ok(bp as u32)
 }
 
 /// A plugin library the module uses.

@@ -98,6 +98,7 @@ pub fn validate(raw: &RawModule) -> Result<ModuleSpec, Vec<ConfigError>> {
         None => DEFAULT_THREADS,
     };
 
+    let reload = c.rollout(project, project.value.defaults.reload.as_ref());
     let plugins = c.plugins();
     let plugin_names: Vec<&str> = plugins.iter().map(|p| p.name.as_str()).collect();
     let (sources, actors) = c.connectors(&plugin_names, poll_default, &retry_default);
@@ -121,6 +122,7 @@ pub fn validate(raw: &RawModule) -> Result<ModuleSpec, Vec<ConfigError>> {
         drain_timeout,
         max_queue_bytes,
         threads,
+        reload,
     })
 }
 
@@ -153,6 +155,69 @@ fn check_unique<'n>(
 }
 
 impl Checker<'_> {
+    /// `defaults.reload`.
+    fn rollout<T>(&mut self, file: &Parsed<T>, def: Option<&raw::ReloadDef>) -> RolloutPolicy {
+        let fallback = RolloutPolicy::default();
+        let Some(def) = def else { return fallback };
+        let canary = def.canary.as_deref().and_then(|text| {
+            parse_share(text)
+                .map_err(|e| self.errors.push(file.error("defaults.reload.canary", e)))
+                .ok()
+        });
+        let canary_for = self.duration(
+            file,
+            "defaults.reload.canary_for",
+            def.canary_for.as_deref(),
+            fallback.canary_for,
+        );
+        let bake = self.duration(
+            file,
+            "defaults.reload.bake",
+            def.bake.as_deref(),
+            fallback.bake,
+        );
+        let t = fallback.thresholds;
+        let mut rate = |field: &str, value: Option<f64>, default: f64, range: (f64, f64)| {
+            let v = value.unwrap_or(default);
+            if !(range.0..=range.1).contains(&v) {
+                self.errors.push(file.error(
+                    &format!("defaults.reload.{field}"),
+                    format!("must be from {} to {}", range.0, range.1),
+                ));
+                return default;
+            }
+            v
+        };
+        let thresholds = Thresholds {
+            max_error_rate_increase: rate(
+                "max_error_rate_increase",
+                def.max_error_rate_increase,
+                t.max_error_rate_increase,
+                (0.0, 1.0),
+            ),
+            max_failure_rate_increase: rate(
+                "max_failure_rate_increase",
+                def.max_failure_rate_increase,
+                t.max_failure_rate_increase,
+                (0.0, 1.0),
+            ),
+            max_latency_ratio: rate(
+                "max_latency_ratio",
+                def.max_latency_ratio,
+                t.max_latency_ratio,
+                (1.0, 1000.0),
+            ),
+            min_samples: def.min_samples.unwrap_or(t.min_samples).max(1),
+        };
+        RolloutPolicy {
+            canary,
+            canary_for,
+            auto_rollback: def.auto_rollback.unwrap_or(false),
+            bake,
+            thresholds,
+        }
+    }
+
     fn duration<T>(
         &mut self,
         file: &Parsed<T>,

@@ -14,8 +14,9 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::AppState;
+use crate::config::spec::parse_share;
 use crate::module::report::{PluginBuild, ReloadOutcome};
-use crate::module::{Module, ReloadOptions};
+use crate::module::{rollout, Module, ReloadOptions};
 
 /// A module's state, as `GET /control/modules/<name>` shows it.
 pub fn module_json(m: &Module) -> Value {
@@ -45,6 +46,7 @@ pub fn module_json(m: &Module) -> Value {
         })
     });
     let degraded = m.degraded();
+    let rollout = rollout::status(m);
     let record = m.record();
     let draining: Vec<Value> = record
         .draining
@@ -71,6 +73,7 @@ pub fn module_json(m: &Module) -> Value {
         "generation": generation,
         "draining": draining,
         "last_drain": record.last_drain,
+        "rollout": rollout,
         "last_reload": record.last_reload.as_ref().map(|(_, outcome)| outcome),
         "last_failed_reload": record.last_failure.as_ref().map(|f| json!({
             "at": f.at,
@@ -172,21 +175,36 @@ pub struct ReloadBody {
     force: bool,
     #[serde(default)]
     dry_run: bool,
+    /// `"10%"`: start with a canary of that share.
+    canary: Option<String>,
+    canary_for_ms: Option<u64>,
+    auto_rollback: Option<bool>,
+    bake_ms: Option<u64>,
 }
 
-/// `POST /control/modules/{name}/reload` with `{"drain_timeout_ms", "force", "dry_run"}` (all
-/// optional). 200 with the report when applied, unchanged or a dry run; 422 with the errors when
-/// refused (the current generation keeps serving).
+/// `POST /control/modules/{name}/reload` with `{"drain_timeout_ms", "force", "dry_run",
+/// "canary", "canary_for_ms", "auto_rollback", "bake_ms"}` (all optional). 200 with the report
+/// when applied, unchanged or a dry run; 422 with the errors when refused (the current
+/// generation keeps serving).
 pub async fn reload(
     State(app): State<AppState>,
     Path(name): Path<String>,
     body: Option<Json<ReloadBody>>,
 ) -> Result<Response, ApiError> {
     let body = body.map(|Json(b)| b).unwrap_or_default();
+    let canary = match body.canary.as_deref().map(parse_share) {
+        Some(Err(e)) => return Err(ApiError::BadRequest(format!("canary: {e}"))),
+        Some(Ok(share)) => Some(share),
+        None => None,
+    };
     let opts = ReloadOptions {
         drain_timeout: body.drain_timeout_ms.map(Duration::from_millis),
         force: body.force,
         dry_run: body.dry_run,
+        canary,
+        canary_for: body.canary_for_ms.map(Duration::from_millis),
+        auto_rollback: body.auto_rollback,
+        bake: body.bake_ms.map(Duration::from_millis),
     };
     let outcome = app.registry.reload(&name, &opts).await?;
     let status = match &outcome {
@@ -194,6 +212,18 @@ pub async fn reload(
         _ => StatusCode::OK,
     };
     Ok((status, Json(outcome_json(&outcome))).into_response())
+}
+
+/// `POST /control/modules/{name}/rollback`: swaps back to the previous generation while a
+/// rollout keeps it loaded. 200 with the rollout's report; 409 when there is none.
+pub async fn rollback(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    match app.registry.roll_back(&name).await? {
+        Ok(report) => Ok(Json(json!({"module": name, "rollout": report}))),
+        Err(why) => Err(ApiError::Conflict(why)),
+    }
 }
 
 fn outcome_json(outcome: &ReloadOutcome) -> Value {

@@ -38,6 +38,10 @@ pub fn router(state: AppState) -> Router {
             post(modules::reload).fallback(method_not_allowed),
         )
         .route(
+            "/control/modules/{name}/rollback",
+            post(modules::rollback).fallback(method_not_allowed),
+        )
+        .route(
             "/control/dlq",
             get(dlq::list)
                 .delete(dlq::purge_all)

@@ -81,7 +81,7 @@ async fn run(module: Arc<Module>, job: Job) {
         last_error: None,
     };
     loop {
-        let Some(g) = module.current() else {
+        let Some(g) = module.generation_for(job.event.id()) else {
             return stopped(&module, &job, &p).await;
         };
         let Some(i) = g.route_index(&job.route) else {
@@ -118,7 +118,7 @@ async fn run(module: Arc<Module>, job: Job) {
         let Some((pass, permit)) = admitted else {
             return stopped(&module, &job, &p).await;
         };
-        let Some((g, i, actor)) = module.current().and_then(|g| {
+        let Some((g, i, actor)) = module.generation_for(job.event.id()).and_then(|g| {
             let i = g.route_index(&job.route)?;
             let actor = g.actors.get(&g.routes[i].spec.actor)?.clone();
             Some((g, i, actor))
@@ -260,6 +260,10 @@ async fn attempt(
         };
         let counters = &actor.counters;
         counters.seconds.observe(took.as_secs_f64());
+        if !matches!(attempted, Attempted::Interrupted(_)) {
+            g.health
+                .attempt(matches!(attempted, Attempted::Failed(_)), took);
+        }
         match &attempted {
             Attempted::Delivered => counters.delivered.inc(),
             Attempted::Rejected(_) => counters.rejected.inc(),

@@ -128,6 +128,7 @@ fn run_transforms<'e>(
         } else {
             result
         };
+        generation.health.transform_call(result.is_err());
         match result {
             Ok(Verdict::Pass) => {
                 slot.counters.pass.inc();

@@ -20,6 +20,8 @@ use crate::engine::route::Route;
 use crate::metrics::{ActorCounters, TransformCounters};
 use crate::plugin::{Library, PluginActor, PluginSource, PluginTransform};
 
+use super::health::Health;
+
 /// How long a cancelled delivery may take to stop before it is dropped.
 pub const GRACE: Duration = Duration::from_secs(2);
 
@@ -73,6 +75,8 @@ pub struct Generation {
     pub cancel: CancellationToken,
     /// Raised to drop whatever still runs after the grace period.
     pub kill: CancellationToken,
+    /// How this generation does on live traffic, for a rollout's comparison.
+    pub health: Health,
     /// Plugin libraries, one per `plugins:` entry, by plugin name.
     pub libraries: Vec<(String, Arc<Library>)>,
 }

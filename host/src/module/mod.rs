@@ -7,10 +7,12 @@
 pub mod drain;
 pub mod executor;
 pub mod generation;
+pub mod health;
 pub mod poller;
 pub mod registry;
 pub mod reload;
 pub mod report;
+pub mod rollout;
 pub mod running;
 pub mod stage;
 pub mod watch;

@@ -139,7 +139,7 @@ impl Registry {
 
     /// Reloads module `name`; see [`super::reload`].
     pub async fn reload(
-        &self,
+        self: &Arc<Self>,
         name: &str,
         opts: &ReloadOptions,
     ) -> Result<ReloadOutcome, LoadError> {
@@ -147,6 +147,19 @@ impl Registry {
             .module(name)
             .ok_or_else(|| LoadError::NotFound(name.to_owned()))?;
         Ok(reload(self, &module, opts).await)
+    }
+
+    /// `orgloop module rollback`: ends the rollout in progress of module `name` by swapping
+    /// back to its previous generation; see [`super::rollout`].
+    pub async fn roll_back(
+        &self,
+        name: &str,
+    ) -> Result<Result<super::rollout::RolloutReport, String>, LoadError> {
+        let module = self
+            .module(name)
+            .ok_or_else(|| LoadError::NotFound(name.to_owned()))?;
+        let _serial = module.lifecycle.lock().await;
+        Ok(super::rollout::roll_back_by_hand(self, &module))
     }
 
     /// Stops module `name`: it takes no more events, its sources stop, the events it stored are
@@ -218,6 +231,7 @@ impl Registry {
                 earlier_force.cancel();
             });
         }
+        super::rollout::abandon(&module);
         let Some(current) = module.current.swap(None) else {
             return Err(LoadError::NotFound(name.to_owned()));
         };
@@ -282,8 +296,14 @@ impl Registry {
         });
         let (loader, http) = (self.loader.clone(), self.http.clone());
         let route_stats = module.route_stats();
-        // Numbered per module; a staged generation that is never swapped in uses no number.
-        let number = previous.as_ref().map_or(1, |p| p.number + 1);
+        // Numbered per module; a staged generation that is never swapped in uses no number, one
+        // that was rolled back keeps its own.
+        let number = previous.as_ref().map_or(1, |p| p.number + 1).max(
+            module
+                .rolled_back
+                .load(std::sync::atomic::Ordering::Relaxed)
+                + 1,
+        );
         let dir = module.dir.clone();
         tokio::task::spawn_blocking(move || {
             let ctx = StageCtx {

@@ -21,8 +21,10 @@ use std::time::{Duration, Instant};
 use super::drain;
 use super::registry::{LoadError, Registry};
 use super::report::{PluginBuild, PluginChange, ReloadOutcome, ReloadReport};
+use super::rollout;
 use super::running::{FailedReload, Module};
 use crate::config::diff::ConfigDiff;
+use crate::config::spec::RolloutPolicy;
 use crate::config::{self, ConfigError};
 use crate::metrics::{metrics, ReloadLabels};
 
@@ -35,19 +37,55 @@ pub struct ReloadOptions {
     pub force: bool,
     /// Validate and compare only.
     pub dry_run: bool,
+    /// Override the module's `defaults.reload` (see [`super::rollout`]).
+    pub canary: Option<u32>,
+    pub canary_for: Option<Duration>,
+    pub auto_rollback: Option<bool>,
+    pub bake: Option<Duration>,
+}
+
+impl ReloadOptions {
+    /// The module's rollout policy with this request's overrides.
+    fn rollout(&self, module_default: &RolloutPolicy) -> RolloutPolicy {
+        let mut p = module_default.clone();
+        if let Some(share) = self.canary {
+            p.canary = Some(share);
+        }
+        if let Some(d) = self.canary_for {
+            p.canary_for = d;
+        }
+        if let Some(a) = self.auto_rollback {
+            p.auto_rollback = a;
+        }
+        if let Some(d) = self.bake {
+            p.bake = d;
+        }
+        p
+    }
+
+    /// Nothing but a plain reload: such a request may be answered by another one's reload.
+    fn plain(&self) -> bool {
+        !self.force
+            && self.drain_timeout.is_none()
+            && !self.dry_run
+            && self.canary.is_none()
+            && self.canary_for.is_none()
+            && self.auto_rollback.is_none()
+            && self.bake.is_none()
+    }
 }
 
 /// Reloads `module`. Never leaves the module without a serving generation.
 pub async fn reload(
-    registry: &Registry,
+    registry: &Arc<Registry>,
     module: &Arc<Module>,
     opts: &ReloadOptions,
 ) -> ReloadOutcome {
     let request = module.requests.fetch_add(1, Ordering::SeqCst) + 1;
     let _serial = module.lifecycle.lock().await;
-    // A request with options of its own (force, a drain timeout, a dry run) is never answered by
-    // a reload made with other options.
-    let plain = !opts.force && opts.drain_timeout.is_none() && !opts.dry_run;
+    // A request with options of its own (force, a drain timeout, a dry run, a rollout) is never
+    // answered by a reload made with other options.
+    let plain = opts.plain();
     if let Some((covered, outcome)) = module.record().last_reload.as_ref().filter(|_| plain) {
         if *covered >= request {
             let mut outcome = outcome.clone();
@@ -73,12 +111,18 @@ pub async fn reload(
     outcome
 }
 
-async fn attempt(registry: &Registry, module: &Arc<Module>, opts: &ReloadOptions) -> ReloadOutcome {
+async fn attempt(
+    registry: &Arc<Registry>,
+    module: &Arc<Module>,
+    opts: &ReloadOptions,
+) -> ReloadOutcome {
     let rejected = |errors: Vec<ConfigError>| ReloadOutcome::Rejected {
         module: module.name.clone(),
         errors,
     };
-    let Some(old) = module.current() else {
+    // During a rollout, the new generation is staged beside the one that would win it now; the
+    // rollout ends (that way) only once the new generation is good to swap in.
+    let Some(old) = rollout::winner(module).or_else(|| module.current()) else {
         return rejected(vec![ConfigError::new(
             &module.dir,
             None,
@@ -141,6 +185,8 @@ async fn attempt(registry: &Registry, module: &Arc<Module>, opts: &ReloadOptions
         swap_us: 0.0,
         draining: None,
         forced_previous_drain: None,
+        ended_rollout: None,
+        rollout: None,
         coalesced: false,
         plugins,
         diff,
@@ -152,8 +198,39 @@ async fn attempt(registry: &Registry, module: &Arc<Module>, opts: &ReloadOptions
         return ReloadOutcome::Unchanged(report);
     }
 
-    // 4. Swap (after cutting short an older drain: at most two generations live).
+    // 4. Swap (after ending a rollout and cutting short an older drain: at most two generations
+    // live).
+    report.ended_rollout = rollout::end_for(registry, module, &old);
     report.forced_previous_drain = drain::force_current(module).await;
+    let policy = opts.rollout(&staged.spec.reload);
+    let timeout = if opts.force {
+        Duration::ZERO
+    } else {
+        opts.drain_timeout.unwrap_or(staged.spec.drain_timeout)
+    };
+    if rollout::wanted(&policy) {
+        if let Err(e) = registry.check_conflicts(&staged.spec, Some(&module.name)) {
+            return rejected(vec![ConfigError::new(
+                "orgloop.yaml",
+                None,
+                "",
+                e.to_string(),
+            )]);
+        }
+        let swap = Instant::now();
+        report.rollout = Some(rollout::begin(
+            registry,
+            module,
+            old,
+            staged.clone(),
+            policy,
+            timeout,
+        ));
+        report.swap_us = swap.elapsed().as_secs_f64() * 1e6;
+        report.to_generation = staged.number;
+        tracing::info!(module = %module.name, from = report.from_generation, to = report.to_generation, stage_ms = report.stage_ms, "module reloaded with a rollout");
+        return ReloadOutcome::Swapped(report);
+    }
     let swap = Instant::now();
     let stored = registry.swap_unless_conflict(&staged.spec, &module.name, || {
         module.current.store(Some(staged.clone()))
@@ -175,11 +252,6 @@ async fn attempt(registry: &Registry, module: &Arc<Module>, opts: &ReloadOptions
     report.to_generation = staged.number;
 
     // 5. Drain the old generation.
-    let timeout = if opts.force {
-        Duration::ZERO
-    } else {
-        opts.drain_timeout.unwrap_or(staged.spec.drain_timeout)
-    };
     let still_used: Vec<_> = staged.libraries.iter().map(|(_, l)| l.clone()).collect();
     report.draining = Some(drain::start(module, old, &still_used, timeout, opts.force).0);
     tracing::info!(

@@ -104,6 +104,10 @@ pub struct ReloadReport {
     pub swap_us: f64,
     pub draining: Option<DrainStart>,
     pub forced_previous_drain: Option<ForcedDrain>,
+    /// A rollout that was in progress, ended by this reload before its swap.
+    pub ended_rollout: Option<crate::module::rollout::RolloutReport>,
+    /// The rollout this reload started (canary, bake), instead of a plain swap.
+    pub rollout: Option<crate::module::rollout::RolloutReport>,
     /// This request arrived while another reload ran, and that reload already covered it.
     pub coalesced: bool,
 }

@@ -80,6 +80,9 @@ pub struct Record {
     /// The last reload outcome, with the last request number it covered.
     pub last_reload: Option<(u64, ReloadOutcome)>,
     pub last_failure: Option<FailedReload>,
+    /// A rollout in progress (its previous generation still loaded), and the last one's end.
+    pub rollout: Option<super::rollout::Active>,
+    pub last_rollout: Option<super::rollout::RolloutReport>,
 }
 
 /// The deliveries of one actor, by state (kept across reloads by actor id).
@@ -124,6 +127,10 @@ pub struct Module {
     pub dir: PathBuf,
     pub started: Instant,
     pub(super) current: ArcSwapOption<Generation>,
+    /// During a canary: the new generation and its share of events (see [`super::rollout`]).
+    pub(super) canary: ArcSwapOption<super::rollout::Canary>,
+    /// The number of the last generation that was rolled back (a new one is numbered above it).
+    pub(super) rolled_back: AtomicU64,
     /// The daemon's queue: every event of this module is stored there before it is routed.
     pub queue: Queue,
     /// Deliveries, from their first attempt until delivered or dead-lettered.
@@ -166,6 +173,8 @@ impl Module {
             dir,
             started: Instant::now(),
             current: ArcSwapOption::empty(),
+            canary: ArcSwapOption::empty(),
+            rolled_back: AtomicU64::new(0),
             queue,
             deliveries: TaskTracker::new(),
             stopping: CancellationToken::new(),
@@ -261,7 +270,7 @@ impl Module {
                     return;
                 };
                 // Without a generation (the module is being unloaded) the entry stays stored.
-                if let Some(g) = m.current() {
+                if let Some(g) = m.generation_for(entry.event.id()) {
                     dispatch(&m, &g, entry);
                 }
             }
@@ -269,9 +278,20 @@ impl Module {
         *self.dispatcher.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
     }
 
-    /// The generation new events go to.
+    /// The generation new events go to (during a canary: those not in its share).
     pub fn current(&self) -> Option<Arc<Generation>> {
         self.current.load_full()
+    }
+
+    /// The generation the event `id` goes through: the canary's for the ids in its share (the
+    /// same every time for one id), else the current one.
+    pub fn generation_for(&self, id: &str) -> Option<Arc<Generation>> {
+        if let Some(c) = self.canary.load().as_ref() {
+            if super::rollout::bucket(id) < c.share {
+                return Some(c.generation.clone());
+            }
+        }
+        self.current()
     }
 
     /// The lifecycle record (draining generation, last reload, last failure).

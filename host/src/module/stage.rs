@@ -26,6 +26,7 @@ use crate::plugin::{Library, Loader};
 use tokio::sync::Semaphore;
 
 use super::generation::{ActorSlot, Generation, SourceSlot, TransformSlot};
+use super::health::Health;
 
 /// What staging needs from the daemon.
 pub struct StageCtx<'a> {
@@ -209,6 +210,7 @@ pub fn stage(spec: Arc<ModuleSpec>, ctx: &StageCtx<'_>) -> Result<Generation, Ve
         inflight: TaskTracker::new(),
         cancel: CancellationToken::new(),
         kill: CancellationToken::new(),
+        health: Health::default(),
         libraries,
     })
 }

@@ -3,6 +3,7 @@
 pub mod list;
 pub mod load;
 pub mod reload;
+pub mod rollback;
 pub mod status;
 pub mod unload;
 
@@ -34,8 +35,10 @@ pub enum ModuleCommand {
     Load(load::LoadArgs),
     /// Stop a module: let its deliveries finish, then unload its plugins.
     Unload(unload::UnloadArgs),
-    /// Re-read a module from disk and swap it in without a restart.
+    /// Re-read a module from disk and swap it in without a restart (at once, or as a canary).
     Reload(reload::ReloadArgs),
+    /// Swap back to the previous generation while a rollout (canary, bake) keeps it loaded.
+    Rollback(rollback::RollbackArgs),
 }
 
 pub fn run(args: ModuleArgs) -> ExitCode {
@@ -49,6 +52,7 @@ pub fn run(args: ModuleArgs) -> ExitCode {
         ModuleCommand::Load(a) => load::run(&client, &a),
         ModuleCommand::Unload(a) => unload::run(&client, &a),
         ModuleCommand::Reload(a) => reload::run(&client, &a),
+        ModuleCommand::Rollback(a) => rollback::run(&client, &a),
     };
     ExitCode::from(code)
 }
@@ -91,6 +95,44 @@ fn build_text(build: &Value) -> String {
 }
 
 /// The end of a drain, as `reload --wait` and `unload` print it.
+/// A rollout's state or end, with the two generations' figures when they were compared.
+fn print_rollout(r: &Value) {
+    let phase = r["phase"].as_str().unwrap_or_default();
+    let (prev, new) = (&r["previous_generation"], &r["new_generation"]);
+    let what = match phase {
+        "canary" => format!(
+            "canary: generation {new} takes {}% of new events, generation {prev} the rest",
+            r["share_percent"]
+        ),
+        "baking" => {
+            format!("generation {new} takes every event and bakes; generation {prev} stays loaded")
+        }
+        "promoted" => format!("generation {new} promoted; generation {prev} drains"),
+        "rolled_back" => format!("ROLLED BACK to generation {prev}; generation {new} drains"),
+        other => other.to_owned(),
+    };
+    println!("  rollout: {what}");
+    if let Some(why) = r["reason"].as_str() {
+        println!("    why: {why}");
+    }
+    let c = &r["comparison"];
+    for (label, f) in [("previous", &c["previous"]), ("new", &c["new"])] {
+        if f.is_null() {
+            continue;
+        }
+        println!(
+            "    {label:<8} transform errors {:.1}% of {}, delivery failures {:.1}% of {}, p99 {}",
+            f["transform_error_rate"].as_f64().unwrap_or(0.0) * 100.0,
+            f["transform_calls"],
+            f["failure_rate"].as_f64().unwrap_or(0.0) * 100.0,
+            f["attempts"],
+            f["p99_ms"]
+                .as_f64()
+                .map_or("-".to_owned(), |ms| format!("{ms:.1} ms"))
+        );
+    }
+}
+
 fn print_drain(drain: &Value) {
     let cancelled = drain["cancelled"].as_u64().unwrap_or(0);
     println!(

@@ -9,8 +9,9 @@ use clap::Args;
 use orgloop_plugin_sdk::duration::parse as parse_duration;
 use serde_json::{json, Value};
 
-use super::{build_text, error_of, print_drain, print_errors, Client};
+use super::{build_text, error_of, print_drain, print_errors, print_rollout, Client};
 use crate::cli::exit;
+use crate::config::spec::parse_share;
 
 #[derive(Debug, Args)]
 pub struct ReloadArgs {
@@ -25,7 +26,22 @@ pub struct ReloadArgs {
     /// Validate and show what would change, without applying it.
     #[arg(long)]
     pub dry_run: bool,
-    /// Stay until the old generation has drained and its libraries are unloaded.
+    /// Give the new generation this share of new events first (e.g. `10%`), by a stable hash
+    /// of the event id; the rest stay on the current generation.
+    #[arg(long, value_parser = parse_share_arg)]
+    pub canary: Option<u32>,
+    /// How long the canary lasts before the new generation gets every event (default `60s`).
+    #[arg(long, value_parser = parse_duration)]
+    pub canary_for: Option<Duration>,
+    /// Compare the new generation with the previous one on live traffic (transform errors,
+    /// delivery failures, p99 latency) and swap back at once when it does worse.
+    #[arg(long)]
+    pub auto_rollback: bool,
+    /// With --auto-rollback: how long the comparison goes on after the full swap (default `30s`).
+    #[arg(long, value_parser = parse_duration)]
+    pub bake: Option<Duration>,
+    /// Stay until the old generation has drained and its libraries are unloaded (with a rollout:
+    /// until it was promoted or rolled back, and the losing generation drained).
     #[arg(long)]
     pub wait: bool,
     /// Print JSON.
@@ -33,8 +49,21 @@ pub struct ReloadArgs {
     pub json: bool,
 }
 
+fn parse_share_arg(text: &str) -> Result<u32, String> {
+    parse_share(text)
+}
+
 pub fn run(client: &Client, args: &ReloadArgs) -> u8 {
-    let body = json!({"drain_timeout_ms": args.drain_timeout.map(|d| d.as_millis() as u64), "force": args.force, "dry_run": args.dry_run});
+    let ms = |d: Option<Duration>| d.map(|d| d.as_millis() as u64);
+    let body = json!({
+        "drain_timeout_ms": ms(args.drain_timeout),
+        "force": args.force,
+        "dry_run": args.dry_run,
+        "canary": args.canary.map(|bp| format!("{}%", bp as f64 / 100.0)),
+        "canary_for_ms": ms(args.canary_for),
+        "auto_rollback": args.auto_rollback.then_some(true),
+        "bake_ms": ms(args.bake),
+    });
     let answer = match client.post(&format!("/control/modules/{}/reload", args.name), &body) {
         Ok(a) => a,
         Err(e) => {
@@ -49,7 +78,23 @@ pub fn run(client: &Client, args: &ReloadArgs) -> u8 {
             body: report,
         });
     }
-    let drained = match (args.wait, report["draining"]["generation"].as_u64()) {
+    // With a rollout, the generation that drains is known once it ends.
+    let ended = match (args.wait, report["rollout"]["new_generation"].as_u64()) {
+        (true, Some(generation)) => match wait_for_rollout(client, &args.name, generation) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::FAILURE;
+            }
+        },
+        _ => None,
+    };
+    let draining = match &ended {
+        Some(r) if r["phase"] == "rolled_back" => r["new_generation"].as_u64(),
+        Some(r) => r["previous_generation"].as_u64(),
+        None => report["draining"]["generation"].as_u64(),
+    };
+    let drained = match (args.wait, draining) {
         (true, Some(generation)) => {
             match wait_for_drain(client, &args.name, generation, !args.json) {
                 Ok(d) => Some(d),
@@ -63,20 +108,52 @@ pub fn run(client: &Client, args: &ReloadArgs) -> u8 {
     };
     if args.json {
         let mut out = report.clone();
+        if let Some(r) = &ended {
+            out["rollout"] = r.clone();
+        }
         if let Some(d) = &drained {
             out["drain"] = d.clone();
         }
         println!("{out}");
     } else {
         print_report(&report);
+        if let Some(r) = &ended {
+            print_rollout(r);
+        }
         if let Some(d) = &drained {
             print_drain(d);
         }
     }
     if report["outcome"] == "rejected" {
         exit::INVALID
+    } else if ended.is_some_and(|r| r["phase"] == "rolled_back") {
+        exit::ROLLED_BACK
     } else {
         exit::OK
+    }
+}
+
+/// Polls the module's status until the rollout to `generation` was promoted or rolled back.
+fn wait_for_rollout(client: &Client, name: &str, generation: u64) -> Result<Value, String> {
+    loop {
+        let answer = client.get(&format!("/control/modules/{name}"))?;
+        if answer.status != 200 {
+            return Err(answer.body["error"]
+                .as_str()
+                .unwrap_or("the module is gone")
+                .to_owned());
+        }
+        let r = &answer.body["rollout"];
+        let over = matches!(r["phase"].as_str(), Some("promoted" | "rolled_back"));
+        if r["new_generation"].as_u64() == Some(generation) && over {
+            return Ok(r.clone());
+        }
+        if r["new_generation"].as_u64() != Some(generation) && !r.is_null() && over {
+            return Err(format!(
+                "another reload replaced generation {generation} during its rollout"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -132,6 +209,34 @@ fn print_report(r: &Value) {
         println!(
             "  the previous old generation {} was still draining: forced to stop ({} cancelled)",
             f["generation"], f["cancelled"]
+        );
+    }
+    if let Some(e) = r["ended_rollout"].as_object() {
+        println!(
+            "  the rollout of generation {} was under way: ended first ({})",
+            e["new_generation"],
+            e["phase"].as_str().unwrap_or_default().replace('_', " ")
+        );
+    }
+    if let Some(o) = r["rollout"].as_object() {
+        let how = match o["share_percent"].as_f64() {
+            Some(share) => format!(
+                "canary: {share}% of new events for {:.0} s",
+                o["phase_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
+            ),
+            None => format!(
+                "baking for {:.0} s",
+                o["phase_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
+            ),
+        };
+        let auto = if o["auto_rollback"] == true {
+            ", rolled back at once if it does worse"
+        } else {
+            ""
+        };
+        println!(
+            "  rollout: {how}{auto}; generation {} stays loaded until then",
+            o["previous_generation"]
         );
     }
     if let Some(d) = r["draining"].as_object() {

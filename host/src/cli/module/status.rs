@@ -3,7 +3,7 @@
 use clap::Args;
 use serde_json::Value;
 
-use super::{build_text, error_of, print_drain, print_errors, Client};
+use super::{build_text, error_of, print_drain, print_errors, print_rollout, Client};
 use crate::cli::exit;
 
 #[derive(Debug, Args)]
@@ -90,6 +90,9 @@ pub fn run(client: &Client, args: &StatusArgs) -> u8 {
             d["elapsed_ms"].as_u64().unwrap_or(0) as f64 / 1000.0,
             d["drain_timeout_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
         );
+    }
+    if !m["rollout"].is_null() {
+        print_rollout(&m["rollout"]);
     }
     if !m["last_drain"].is_null() {
         println!("  last drain:");

@@ -1,0 +1,262 @@
+//! [`Health`]: how one generation does on live traffic — transform calls and errors, delivery
+//! attempts and failures, and their latency — and [`compare`], which decides whether a new
+//! generation does worse than the previous one (see [`super::rollout`]).
+//!
+//! Counted per generation, not per object: a carried-over transform serves both generations,
+//! and the comparison is about which generation an event went through.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::config::spec::Thresholds;
+
+/// Latency buckets: four per doubling, from 1 µs; the last one takes everything longer
+/// (2^32 µs, over an hour).
+const BUCKETS: usize = 129;
+
+/// A p99 this much over the previous one is never "worse" however large the ratio: a few
+/// milliseconds more of a fast actor is noise.
+const LATENCY_SLACK: Duration = Duration::from_millis(50);
+
+/// Counters of one generation.
+pub struct Health {
+    transform_calls: AtomicU64,
+    transform_errors: AtomicU64,
+    attempts: AtomicU64,
+    failures: AtomicU64,
+    latency: [AtomicU64; BUCKETS],
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            transform_calls: AtomicU64::new(0),
+            transform_errors: AtomicU64::new(0),
+            attempts: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            latency: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl Health {
+    pub fn transform_call(&self, error: bool) {
+        self.transform_calls.fetch_add(1, Ordering::Relaxed);
+        if error {
+            self.transform_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// One delivery attempt that ended (delivered, rejected or failed; not interrupted).
+    pub fn attempt(&self, failed: bool, took: Duration) {
+        self.attempts.fetch_add(1, Ordering::Relaxed);
+        if failed {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        self.latency[bucket(took)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Snapshot {
+            transform_calls: load(&self.transform_calls),
+            transform_errors: load(&self.transform_errors),
+            attempts: load(&self.attempts),
+            failures: load(&self.failures),
+            latency: self.latency.iter().map(load).collect(),
+        }
+    }
+}
+
+fn bucket(took: Duration) -> usize {
+    let us = took.as_secs_f64() * 1e6;
+    if us < 1.0 {
+        return 0;
+    }
+    ((us.log2() * 4.0) as usize + 1).min(BUCKETS - 1)
+}
+
+/// The upper bound of bucket `i`.
+fn bucket_top(i: usize) -> Duration {
+    Duration::from_secs_f64(2f64.powf(i as f64 / 4.0) / 1e6)
+}
+
+/// The counters at one moment.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    pub transform_calls: u64,
+    pub transform_errors: u64,
+    pub attempts: u64,
+    pub failures: u64,
+    latency: Vec<u64>,
+}
+
+impl Snapshot {
+    /// What happened between `earlier` and this snapshot.
+    pub fn since(&self, earlier: &Snapshot) -> Snapshot {
+        Snapshot {
+            transform_calls: self.transform_calls - earlier.transform_calls,
+            transform_errors: self.transform_errors - earlier.transform_errors,
+            attempts: self.attempts - earlier.attempts,
+            failures: self.failures - earlier.failures,
+            latency: self
+                .latency
+                .iter()
+                .zip(earlier.latency.iter().chain(std::iter::repeat(&0)))
+                .map(|(a, b)| a - b)
+                .collect(),
+        }
+    }
+
+    /// The 99th percentile of attempt latency (within a quarter of a doubling).
+    fn p99(&self) -> Option<Duration> {
+        let total: u64 = self.latency.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = (total * 99).div_ceil(100);
+        let mut seen = 0;
+        for (i, n) in self.latency.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return Some(bucket_top(i));
+            }
+        }
+        None
+    }
+
+    pub fn figures(&self) -> Figures {
+        let rate = |n: u64, of: u64| if of == 0 { 0.0 } else { n as f64 / of as f64 };
+        Figures {
+            transform_calls: self.transform_calls,
+            transform_error_rate: rate(self.transform_errors, self.transform_calls),
+            attempts: self.attempts,
+            failure_rate: rate(self.failures, self.attempts),
+            p99_ms: self.p99().map(|d| d.as_secs_f64() * 1000.0),
+        }
+    }
+}
+
+/// One generation's figures, as reports show them.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Figures {
+    pub transform_calls: u64,
+    pub transform_error_rate: f64,
+    pub attempts: u64,
+    pub failure_rate: f64,
+    pub p99_ms: Option<f64>,
+}
+
+/// The new generation against the previous one.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Comparison {
+    pub previous: Figures,
+    pub new: Figures,
+    /// Why the new generation is worse, when it is.
+    pub worse: Option<String>,
+}
+
+/// Compares `new` with `previous` under `t`.
+pub fn compare(previous: &Snapshot, new: &Snapshot, t: &Thresholds) -> Comparison {
+    let (p, n) = (previous.figures(), new.figures());
+    let points = |r: f64| r * 100.0;
+    let mut worse = Vec::new();
+    if n.transform_calls >= t.min_samples
+        && n.transform_error_rate - p.transform_error_rate > t.max_error_rate_increase
+    {
+        worse.push(format!(
+            "transform error rate {:.1}% ({} of {} calls) against {:.1}% before, more than {:.1} points up",
+            points(n.transform_error_rate),
+            new.transform_errors,
+            n.transform_calls,
+            points(p.transform_error_rate),
+            points(t.max_error_rate_increase)
+        ));
+    }
+    if n.attempts >= t.min_samples && n.failure_rate - p.failure_rate > t.max_failure_rate_increase
+    {
+        worse.push(format!(
+            "delivery failure rate {:.1}% ({} of {} attempts) against {:.1}% before, more than {:.1} points up",
+            points(n.failure_rate),
+            new.failures,
+            n.attempts,
+            points(p.failure_rate),
+            points(t.max_failure_rate_increase)
+        ));
+    }
+    if let (Some(np), Some(pp)) = (new.p99(), previous.p99()) {
+        let enough = n.attempts >= t.min_samples && p.attempts >= t.min_samples;
+        if enough
+            && np.as_secs_f64() > pp.as_secs_f64() * t.max_latency_ratio
+            && np > pp + LATENCY_SLACK
+        {
+            worse.push(format!(
+                "p99 delivery latency {:.1} ms against {:.1} ms before, more than {}× as long",
+                np.as_secs_f64() * 1000.0,
+                pp.as_secs_f64() * 1000.0,
+                t.max_latency_ratio
+            ));
+        }
+    }
+    Comparison {
+        previous: p,
+        new: n,
+        worse: (!worse.is_empty()).then(|| worse.join("; ")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn traffic(attempts: u64, failures: u64, took: Duration) -> Snapshot {
+        let h = Health::default();
+        for i in 0..attempts {
+            h.attempt(i < failures, took);
+        }
+        h.snapshot()
+    }
+
+    #[test]
+    fn a_failing_generation_is_worse_once_it_has_enough_samples() {
+        let t = Thresholds::default();
+        let before = traffic(100, 1, Duration::from_millis(2));
+        let few = traffic(5, 5, Duration::from_millis(2));
+        assert_eq!(compare(&before, &few, &t).worse, None);
+        let many = traffic(30, 30, Duration::from_millis(2));
+        let c = compare(&before, &many, &t);
+        assert!(c
+            .worse
+            .unwrap()
+            .contains("delivery failure rate 100.0% (30 of 30"));
+        assert_eq!(c.previous.failure_rate, 0.01);
+    }
+
+    #[test]
+    fn latency_counts_only_when_far_and_much_longer() {
+        let t = Thresholds::default();
+        let before = traffic(100, 0, Duration::from_millis(2));
+        // 4× as long but only 6 ms more: not worse.
+        assert_eq!(
+            compare(&before, &traffic(100, 0, Duration::from_millis(8)), &t).worse,
+            None
+        );
+        let slow = compare(&before, &traffic(100, 0, Duration::from_millis(300)), &t);
+        assert!(slow.worse.unwrap().contains("p99 delivery latency"));
+    }
+
+    #[test]
+    fn p99_is_within_a_quarter_doubling_and_since_subtracts() {
+        let h = Health::default();
+        h.attempt(false, Duration::from_millis(10));
+        let first = h.snapshot();
+        for _ in 0..99 {
+            h.attempt(false, Duration::from_millis(10));
+        }
+        let p99 = h.snapshot().since(&first).p99().unwrap();
+        assert!(p99 >= Duration::from_millis(10) && p99 < Duration::from_micros(12_000));
+        assert_eq!(h.snapshot().since(&first).attempts, 99);
+    }
+}
