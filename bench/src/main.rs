@@ -17,6 +17,7 @@ mod procfs;
 mod recovery;
 mod reload;
 mod report;
+mod rollback;
 mod sampler;
 mod sink;
 mod startup;
@@ -61,6 +62,8 @@ enum Command {
     Startup(StartupArgs),
     /// Events stored while the sink is down, SIGKILL, restart: is every accepted event delivered?
     Recovery(RecoveryArgs),
+    /// Reloads to a failing version with --auto-rollback under load: how fast the swap back comes.
+    Rollback(RollbackArgs),
 }
 
 /// How much load, for how long.
@@ -213,6 +216,22 @@ pub struct RecoveryArgs {
     pub daemon_env: Vec<(String, String)>,
 }
 
+#[derive(Args, Clone)]
+pub struct RollbackArgs {
+    /// Open-loop load during the whole run, events per second.
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// How many failing reloads to time.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=100))]
+    pub trials: u64,
+    /// Seconds of load before the first reload.
+    #[arg(long, default_value_t = 3.0, value_parser = seconds)]
+    pub steady: f64,
+    /// Extra environment for the daemon, KEY=VALUE (repeatable).
+    #[arg(long, value_parser = key_value)]
+    pub daemon_env: Vec<(String, String)>,
+}
+
 fn key_value(s: &str) -> Result<(String, String), String> {
     let (k, v) = s.split_once('=').ok_or("expected KEY=VALUE")?;
     Ok((k.to_owned(), v.to_owned()))
@@ -260,6 +279,7 @@ fn main() -> ExitCode {
             Command::Reload(a) => reload::run(a, &artifacts, cli.rebuild, &out).await,
             Command::Startup(a) => startup::run(a, &artifacts, cli.rebuild, &out).await,
             Command::Recovery(a) => recovery::run(a, &artifacts, cli.rebuild, &out).await,
+            Command::Rollback(a) => rollback::run(a, &artifacts, cli.rebuild, &out).await,
         }
     });
     let busy_after = machine::busy_processes();

@@ -16,6 +16,10 @@
 //!   webhook handler pays before its answer, without the disk); `accept_and_deliver` also waits
 //!   until every event is finished. `accept_dropped` sends a bot's event, which the transform
 //!   drops, so no delivery starts.
+//! - `rollout`: what a canary and a rollout's comparison add — `bucket` (the stable hash of an
+//!   event id that picks its generation, paid per event and attempt during a canary),
+//!   `Health::attempt` (counted per attempt, always), and `compare` of two generations' figures
+//!   (every 50 ms during a rollout).
 //! - `route_match`: matching alone (`Generation::routes_for` + `Route::matches`) for those modules.
 //!
 //! `cargo bench -p orgloop --bench hot_path` builds the plugins it needs itself
@@ -489,10 +493,37 @@ fn route_match(c: &mut Criterion) {
     group.finish();
 }
 
+fn rollout(c: &mut Criterion) {
+    use orgloop::config::spec::Thresholds;
+    use orgloop::module::health::{compare, Health};
+    use orgloop::module::rollout::bucket;
+
+    let mut group = c.benchmark_group("rollout");
+    let id = orgloop_plugin_sdk::new_event_id();
+    group.bench_function("bucket", |b| b.iter(|| bucket(black_box(&id))));
+    let health = Health::default();
+    group.bench_function("health_attempt", |b| {
+        b.iter(|| health.attempt(black_box(false), black_box(Duration::from_micros(700))))
+    });
+    let (old, new) = (Health::default(), Health::default());
+    for i in 0..10_000u64 {
+        old.attempt(i % 100 == 0, Duration::from_micros(500 + i % 900));
+        new.attempt(i % 50 == 0, Duration::from_micros(600 + i % 700));
+        old.transform_call(false);
+        new.transform_call(i % 200 == 0);
+    }
+    let thresholds = Thresholds::default();
+    group.bench_function("compare", |b| {
+        b.iter(|| compare(&old.snapshot(), &new.snapshot(), black_box(&thresholds)))
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
     transform_call,
     actor_call,
+    rollout,
     in_process_path,
     route_match
 );

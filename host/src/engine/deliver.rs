@@ -101,6 +101,11 @@ async fn run(module: Arc<Module>, job: Job) {
         // Waiting holds only the actor's gate and limit, not its generation: a reload meanwhile
         // drains and unloads the old one, and this delivery then goes through the new one.
         let (gate, limit) = (actor.gate.clone(), actor.limit.clone());
+        if p.attempts == 0 && gate.is_failing() {
+            // Held back before its first attempt: a failure for a rollout's comparison, which
+            // would otherwise see only the gate's few probes.
+            g.health.held();
+        }
         drop((g, actor));
         let admitted = {
             let _waiting = Count::new(&stats.waiting);

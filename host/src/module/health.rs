@@ -26,6 +26,8 @@ pub struct Health {
     transform_errors: AtomicU64,
     attempts: AtomicU64,
     failures: AtomicU64,
+    /// Deliveries held back by their actor's failing target before a first attempt.
+    held: AtomicU64,
     latency: [AtomicU64; BUCKETS],
 }
 
@@ -36,6 +38,7 @@ impl Default for Health {
             transform_errors: AtomicU64::new(0),
             attempts: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            held: AtomicU64::new(0),
             latency: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
@@ -58,6 +61,11 @@ impl Health {
         self.latency[bucket(took)].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A delivery that waits for a failing target before its first attempt.
+    pub fn held(&self) {
+        self.held.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         Snapshot {
@@ -65,6 +73,7 @@ impl Health {
             transform_errors: load(&self.transform_errors),
             attempts: load(&self.attempts),
             failures: load(&self.failures),
+            held: load(&self.held),
             latency: self.latency.iter().map(load).collect(),
         }
     }
@@ -90,6 +99,7 @@ pub struct Snapshot {
     pub transform_errors: u64,
     pub attempts: u64,
     pub failures: u64,
+    pub held: u64,
     latency: Vec<u64>,
 }
 
@@ -101,6 +111,7 @@ impl Snapshot {
             transform_errors: self.transform_errors - earlier.transform_errors,
             attempts: self.attempts - earlier.attempts,
             failures: self.failures - earlier.failures,
+            held: self.held - earlier.held,
             latency: self
                 .latency
                 .iter()
@@ -129,11 +140,15 @@ impl Snapshot {
 
     pub fn figures(&self) -> Figures {
         let rate = |n: u64, of: u64| if of == 0 { 0.0 } else { n as f64 / of as f64 };
+        // A delivery held back by a failing target counts as a failed attempt: while a target
+        // fails, its gate lets only a probe through now and then.
+        let tried = self.attempts + self.held;
         Figures {
             transform_calls: self.transform_calls,
             transform_error_rate: rate(self.transform_errors, self.transform_calls),
-            attempts: self.attempts,
-            failure_rate: rate(self.failures, self.attempts),
+            attempts: tried,
+            held: self.held,
+            failure_rate: rate(self.failures + self.held, tried),
             p99_ms: self.p99().map(|d| d.as_secs_f64() * 1000.0),
         }
     }
@@ -144,7 +159,10 @@ impl Snapshot {
 pub struct Figures {
     pub transform_calls: u64,
     pub transform_error_rate: f64,
+    /// Attempts, and deliveries held back by a failing target before their first attempt.
     pub attempts: u64,
+    /// Of those, the ones held back.
+    pub held: u64,
     pub failure_rate: f64,
     pub p99_ms: Option<f64>,
 }
@@ -178,10 +196,15 @@ pub fn compare(previous: &Snapshot, new: &Snapshot, t: &Thresholds) -> Compariso
     if n.attempts >= t.min_samples && n.failure_rate - p.failure_rate > t.max_failure_rate_increase
     {
         worse.push(format!(
-            "delivery failure rate {:.1}% ({} of {} attempts) against {:.1}% before, more than {:.1} points up",
+            "delivery failure rate {:.1}% ({} of {} attempts{}) against {:.1}% before, more than {:.1} points up",
             points(n.failure_rate),
-            new.failures,
+            new.failures + new.held,
             n.attempts,
+            if n.held > 0 {
+                format!(", {} of them held back by the failing target", n.held)
+            } else {
+                String::new()
+            },
             points(p.failure_rate),
             points(t.max_failure_rate_increase)
         ));

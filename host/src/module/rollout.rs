@@ -34,7 +34,7 @@ use super::running::Module;
 use crate::config::spec::RolloutPolicy;
 
 /// How often a rollout compares the two generations.
-const EVERY: Duration = Duration::from_millis(200);
+const EVERY: Duration = Duration::from_millis(50);
 
 /// Buckets of [`bucket`]: a share is a number of them (basis points).
 pub const BUCKETS: u32 = 10_000;
