@@ -65,18 +65,11 @@ impl Library {
         stored: Stored,
         source: PathBuf,
     ) -> Self {
-        Library {
-            backend: Backend::Mapped {
-                root,
-                raw: Some(raw),
-            },
-            manifest,
-            hash: stored.hash,
-            path: stored.path,
-            source,
-            lease: Some(stored.lease),
-            on_unload: Mutex::new(Vec::new()),
-        }
+        let backend = Backend::Mapped {
+            root,
+            raw: Some(raw),
+        };
+        Self::with(backend, manifest, stored, source)
     }
 
     /// A library a child process loaded.
@@ -86,8 +79,17 @@ impl Library {
         stored: Stored,
         source: PathBuf,
     ) -> Self {
+        Self::with(
+            Backend::Process(Arc::new(supervisor)),
+            manifest,
+            stored,
+            source,
+        )
+    }
+
+    fn with(backend: Backend, manifest: Manifest, stored: Stored, source: PathBuf) -> Self {
         Library {
-            backend: Backend::Process(Arc::new(supervisor)),
+            backend,
             manifest,
             hash: stored.hash,
             path: stored.path,

@@ -133,17 +133,23 @@ pub fn run(client: &Client, args: &ReloadArgs) -> u8 {
     }
 }
 
+/// The module's status from the daemon, or why there is none.
+fn module_status(client: &Client, name: &str) -> Result<Value, String> {
+    let answer = client.get(&format!("/control/modules/{name}"))?;
+    if answer.status != 200 {
+        return Err(answer.body["error"]
+            .as_str()
+            .unwrap_or("the module is gone")
+            .to_owned());
+    }
+    Ok(answer.body)
+}
+
 /// Polls the module's status until the rollout to `generation` was promoted or rolled back.
 fn wait_for_rollout(client: &Client, name: &str, generation: u64) -> Result<Value, String> {
     loop {
-        let answer = client.get(&format!("/control/modules/{name}"))?;
-        if answer.status != 200 {
-            return Err(answer.body["error"]
-                .as_str()
-                .unwrap_or("the module is gone")
-                .to_owned());
-        }
-        let r = &answer.body["rollout"];
+        let m = module_status(client, name)?;
+        let r = &m["rollout"];
         let over = matches!(r["phase"].as_str(), Some("promoted" | "rolled_back"));
         if r["new_generation"].as_u64() == Some(generation) && over {
             return Ok(r.clone());
@@ -265,14 +271,7 @@ fn wait_for_drain(
     progress: bool,
 ) -> Result<Value, String> {
     loop {
-        let answer = client.get(&format!("/control/modules/{name}"))?;
-        if answer.status != 200 {
-            return Err(answer.body["error"]
-                .as_str()
-                .unwrap_or("the module is gone")
-                .to_owned());
-        }
-        let m = answer.body;
+        let m = module_status(client, name)?;
         if m["last_drain"]["generation"].as_u64() == Some(generation) {
             if progress {
                 eprint!("\r\x1b[K");

@@ -235,6 +235,14 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Waits up to `left` for the state to change.
+    fn wait<'a>(&self, st: MutexGuard<'a, State>, left: Duration) -> MutexGuard<'a, State> {
+        self.changed
+            .wait_timeout(st, left)
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+    }
+
     fn objects(&self) -> MutexGuard<'_, HashMap<u64, Registered>> {
         self.objects.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -347,12 +355,7 @@ impl Supervisor {
             if left.is_zero() || !matches!(st.phase, Phase::Starting | Phase::Restarting) {
                 break;
             }
-            st = self
-                .shared
-                .changed
-                .wait_timeout(st, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            st = self.shared.wait(st, left);
         }
         let wait = st.due.map(|d| d.saturating_duration_since(Instant::now()));
         let last = st
@@ -545,12 +548,7 @@ impl Supervisor {
                     }
                     break;
                 }
-                st = self
-                    .shared
-                    .changed
-                    .wait_timeout(st, left)
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
+                st = self.shared.wait(st, left);
             }
         }
         if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
@@ -678,11 +676,7 @@ fn supervise(shared: &Arc<Shared>, ready: SyncSender<Result<Manifest, PluginLoad
         shared.changed.notify_all();
         while !st.stop && Instant::now() < due {
             let left = due.saturating_duration_since(Instant::now());
-            st = shared
-                .changed
-                .wait_timeout(st, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            st = shared.wait(st, left);
         }
         st.due = None;
         if st.stop {
