@@ -365,7 +365,8 @@ pub struct PluginActor {
     lib: Arc<Library>,
 }
 
-/// What goes into one delivery.
+/// What goes into one delivery (also as it crosses to a plugin process).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct DeliveryRequest {
     pub event: Event,
     pub config_json: String,

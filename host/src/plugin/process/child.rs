@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::outbox::Outbox;
 use super::wire::{self, Down, Reply, Up};
 use crate::plugin::http_client::HttpClient;
-use crate::plugin::library::{DeliveryRequest, Library};
+use crate::plugin::library::Library;
 use crate::plugin::services::Services;
 use crate::plugin::{PluginActor, PluginSource, PluginTransform};
 
@@ -216,17 +216,10 @@ impl Host {
                 let token = CancellationToken::new();
                 let cancels = self.cancels.clone();
                 lock(&cancels).insert(call, token.clone());
-                let req = DeliveryRequest {
-                    event: delivery.event,
-                    config_json: delivery.config_json,
-                    prompt: delivery.prompt,
-                    prompt_file: delivery.prompt_file,
-                    route: delivery.route,
-                    idempotency_key: delivery.idempotency_key,
-                    attempt: delivery.attempt,
-                };
                 rt.spawn(async move {
-                    let outcome = a.deliver(req, crate::engine::deliver::signal(token)).await;
+                    let outcome = a
+                        .deliver(delivery, crate::engine::deliver::signal(token))
+                        .await;
                     lock(&cancels).remove(&call);
                     let outcome = match outcome {
                         Ok(Outcome::Delivered) => Ok(wire::Outcome::Delivered),

@@ -63,15 +63,7 @@ impl Remote {
         let started = self.sup.call(|call| Down::Deliver {
             call,
             object: self.id,
-            delivery: wire::Delivery {
-                event: req.event,
-                config_json: req.config_json,
-                prompt: req.prompt,
-                prompt_file: req.prompt_file,
-                route: req.route,
-                idempotency_key: req.idempotency_key,
-                attempt: req.attempt,
-            },
+            delivery: req,
         });
         async move {
             let mut call = started.map_err(unavailable)?;

@@ -12,6 +12,7 @@ use std::io::{self, Read, Write};
 use orgloop_plugin_sdk::{Event, Manifest, SymbolKind};
 use serde::{Deserialize, Serialize};
 
+use crate::plugin::library::DeliveryRequest;
 use crate::plugin::load::PluginLoadError;
 
 /// A frame longer than this is refused (an event is at most a few MB; see the webhook limit).
@@ -39,7 +40,7 @@ pub enum Down {
     Deliver {
         call: u64,
         object: u64,
-        delivery: Delivery,
+        delivery: DeliveryRequest,
     },
     /// Raise the cancellation signal of the delivery `call`.
     Cancel { call: u64 },
@@ -59,18 +60,6 @@ pub struct Ctx {
     pub route: String,
     pub actor: String,
     pub module: String,
-}
-
-/// One delivery, as [`crate::plugin::library::DeliveryRequest`].
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Delivery {
-    pub event: Event,
-    pub config_json: String,
-    pub prompt: Option<String>,
-    pub prompt_file: Option<String>,
-    pub route: String,
-    pub idempotency_key: String,
-    pub attempt: u32,
 }
 
 /// What a plugin process sends the daemon.
