@@ -9,7 +9,7 @@
 //!   new generation gets every event.
 //! - **bake** (`--auto-rollback`, `--bake 30s`): after the full swap, the comparison goes on.
 //!
-//! With `auto_rollback`, a task compares the two generations every [`EVERY`] on their live
+//! With `auto_rollback`, a task compares the two generations every 50 ms (`EVERY`) on their live
 //! traffic ([`super::health`]); when the new one does worse beyond the thresholds it swaps back at
 //! once — one pointer — and drains the new one, saying why with the figures of both. Deliveries
 //! the new generation failed are retried (durable delivery) and, after the swap back, go through

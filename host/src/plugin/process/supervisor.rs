@@ -38,7 +38,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// A child that lived this long before it died starts a new count of crashes in a row.
 const STABLE_AFTER: Duration = Duration::from_secs(30);
 /// Crashes in a row that open the circuit, and the first cooldown (doubled while it goes on
-/// crashing, up to [`MAX_COOLDOWN`]).
+/// crashing, up to 5 minutes).
 pub const CIRCUIT_AFTER: u32 = 5;
 const COOLDOWN: Duration = Duration::from_secs(30);
 const MAX_COOLDOWN: Duration = Duration::from_secs(300);
@@ -519,7 +519,7 @@ impl Supervisor {
     }
 
     /// Stops the child for good: its input closes, it exits (or is killed after
-    /// [`EXIT_GRACE`]), and it is reaped. Returns how it ended.
+    /// 5 s (`EXIT_GRACE`)), and it is reaped. Returns how it ended.
     pub fn stop(&self) -> UnloadReport {
         let pid = {
             let mut st = self.shared.state();
