@@ -266,16 +266,81 @@ fn the_plugin_processes_die_with_the_daemon() {
     assert_eq!(children.len(), 1, "one process for crashy");
     daemon.kill();
     let deadline = Instant::now() + WAIT;
-    while children
-        .iter()
-        .any(|pid| Path::new(&format!("/proc/{pid}")).exists())
-    {
+    while children.iter().any(|pid| alive(*pid)) {
         assert!(
             Instant::now() < deadline,
             "plugin process {children:?} outlived the daemon"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Process `pid` exists and is not a zombie (dead, waiting to be reaped).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z")
+    })
+}
+
+#[test]
+fn a_plugin_s_own_children_and_oversized_answers_do_not_wedge_its_process() {
+    let dir = test_dir("crashes_orphans_and_oversize");
+    let sink = Sink::start();
+    crashy_module(&dir.join("a"), "a", &sink);
+    let mut daemon = Daemon::start(&[&dir.join("a")], &base_env(&dir.join("home")));
+
+    // The plugin starts a process that keeps its stderr open for a minute, then aborts: the
+    // crash is handled (and the plugin restarted) without waiting for that stderr to end.
+    assert_eq!(
+        daemon
+            .post("a-in", &json!({"kind": "orphan", "n": 0}))
+            .status,
+        202
+    );
+    daemon.wait_status("a", "a's plugin to restart after the abort", |s| {
+        let p = process(s, "crashy");
+        p["restarts"] == 1 && p["state"] == "up"
+    });
+    delivers(&daemon, &sink, "a-in", 1);
+    let log = daemon.wait_log("orphan pid ");
+    let orphan: u32 = log
+        .split("orphan pid ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no orphan pid in the log"));
+    assert!(alive(orphan), "the orphan still holds the stderr pipe");
+
+    // An answer longer than a frame may be fails its call (`on_error: drop`) instead of
+    // breaking the pipe: the process is not restarted, and serves the next event.
+    assert_eq!(
+        daemon.post("a-in", &json!({"kind": "huge", "n": 2})).status,
+        202
+    );
+    daemon.wait_status("a", "the huge event to be handled", |s| {
+        s["queue"]["entries"] == 0
+    });
+    delivers(&daemon, &sink, "a-in", 3);
+    let p = process(&daemon.module_status("a"), "crashy");
+    assert_eq!(p["restarts"], 1, "{p:#}");
+    // The huge event, and the one whose call the abort failed.
+    assert_contains(
+        &daemon.get("/metrics").text,
+        "orgloop_transform_calls_total{module=\"a\",transform=\"t\",verdict=\"error\"} 2",
+    );
+    assert_eq!(sink.delivered_ns(), [1, 3]);
+
+    // A graceful stop retires the process without waiting for the orphan either.
+    let stopped = Instant::now();
+    daemon.stop();
+    assert!(
+        stopped.elapsed() < Duration::from_secs(30),
+        "the stop waited for the orphan"
+    );
+    // SAFETY: plain syscall on the fixture's own sleeper.
+    unsafe { libc::kill(orphan as i32, libc::SIGKILL) };
 }
 
 #[test]

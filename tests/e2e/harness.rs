@@ -163,16 +163,24 @@ pub fn request(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -
         Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
     > = OnceLock::new();
     let client = CLIENT.get_or_init(|| Client::builder(TokioExecutor::new()).build_http());
-    let mut req = hyper::Request::builder().method(method).uri(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let req = req.body(Full::new(Bytes::copy_from_slice(body))).unwrap();
+    let make = || {
+        let mut req = hyper::Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.body(Full::new(Bytes::copy_from_slice(body))).unwrap()
+    };
     rt().block_on(async {
-        let resp = tokio::time::timeout(WAIT, client.request(req))
-            .await
-            .expect("request timed out")
-            .expect("request failed");
+        let send = |req| async { tokio::time::timeout(WAIT, client.request(req)).await };
+        let resp = match send(make()).await.expect("request timed out") {
+            // A pooled connection the daemon closed (idle past its timeout) just as it was
+            // reused: a GET is safe to send again, on a new one.
+            Err(e) if method == "GET" && !e.is_connect() => {
+                send(make()).await.expect("request timed out")
+            }
+            r => r,
+        }
+        .expect("request failed");
         let status = resp.status().as_u16();
         let headers = header_map(resp.headers());
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();

@@ -118,6 +118,8 @@ impl Loader {
             return Ok(lib);
         }
         if isolation == Isolation::Process {
+            // A child may take seconds to start: other loads must not wait for it meanwhile.
+            drop(loaded);
             // The child maps the copy; the daemon never does, so any copy will do.
             let (sup, manifest) =
                 Supervisor::start(module, &plugin.name, stored.path.clone(), plugin.max_memory)?;
@@ -127,6 +129,11 @@ impl Loader {
                 stored,
                 source.to_path_buf(),
             ));
+            let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+            // Started twice at once: the first one wins, the other child is retired.
+            if let Some(first) = loaded.get(&key).and_then(Weak::upgrade) {
+                return Ok(first);
+            }
             loaded.insert(key, Arc::downgrade(&lib));
             return Ok(lib);
         }

@@ -7,18 +7,22 @@
 //! standard ones pointed elsewhere: a plugin's `println!` lands in stderr (which the daemon
 //! logs) instead of corrupting a frame.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::BufReader;
 use std::os::fd::FromRawFd;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use orgloop_plugin_sdk::{Outcome, SymbolKind, TransformCtx, Verdict};
 use tokio_util::sync::CancellationToken;
 
-use super::outbox::Outbox;
+use super::outbox::{Outbox, Unsent};
 use super::wire::{self, Down, Reply, Up};
 use crate::plugin::http_client::HttpClient;
 use crate::plugin::library::Library;
@@ -27,6 +31,14 @@ use crate::plugin::{PluginActor, PluginSource, PluginTransform};
 
 /// Threads the child's calls run on.
 const THREADS: usize = 2;
+/// How long a plugin's `emit` waits for the daemon to take the event.
+const EMIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+thread_local! {
+    /// Set on the thread that reads the daemon's frames: an `emit` there (from a constructor or
+    /// a transform) cannot wait for the daemon's answer, which this very thread would read.
+    static READING: Cell<bool> = const { Cell::new(false) };
+}
 
 enum Object {
     Transform(Arc<PluginTransform>),
@@ -59,10 +71,10 @@ pub fn run(library: &Path) -> ExitCode {
     let lib = match Library::open_here(library) {
         Ok(lib) => Arc::new(lib),
         Err(error) => {
-            out.send(&Up::Refused { error });
+            let _ = out.send(&Up::Refused { error });
             out.close();
             // Give the writer a moment to flush before the process ends.
-            std::thread::sleep(std::time::Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(50));
             return ExitCode::from(1);
         }
     };
@@ -78,7 +90,7 @@ pub fn run(library: &Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    out.send(&Up::Ready {
+    let _ = out.send(&Up::Ready {
         manifest: lib.manifest().clone(),
     });
     let host = Host {
@@ -87,7 +99,9 @@ pub fn run(library: &Path) -> ExitCode {
         http: runtime.block_on(async { HttpClient::default() }),
         objects: Mutex::default(),
         cancels: Arc::default(),
+        emits: Arc::default(),
     };
+    READING.with(|r| r.set(true));
     let mut input = BufReader::with_capacity(64 << 10, input);
     let mut buf = Vec::new();
     loop {
@@ -100,11 +114,12 @@ pub fn run(library: &Path) -> ExitCode {
             }
         }
     }
-    // The daemon retired this process (or is gone): leave without unmapping anything, so that
-    // no plugin destructor runs on the way out.
+    // The daemon retired this process (or is gone): leave without unmapping anything and
+    // without the exit handlers, so that no plugin destructor runs on the way out.
     host.out.close();
-    std::thread::sleep(std::time::Duration::from_millis(20));
-    std::process::exit(0)
+    std::thread::sleep(Duration::from_millis(20));
+    // SAFETY: ends the process at once; nothing after it runs.
+    unsafe { libc::_exit(0) }
 }
 
 /// Moves the protocol off descriptors 0 and 1: returns them as files and points 0 at
@@ -134,6 +149,58 @@ struct Host {
     objects: Mutex<HashMap<u64, Object>>,
     /// The cancellation signals of deliveries in flight, by call.
     cancels: Arc<Mutex<HashMap<u64, CancellationToken>>>,
+    /// The `emit` calls waiting for the daemon's answer.
+    emits: Arc<Emits>,
+}
+
+/// The `emit` calls of a plugin process waiting for the daemon to take their event.
+#[derive(Default)]
+struct Emits {
+    next: AtomicU64,
+    waiting: Mutex<HashMap<u64, SyncSender<Result<(), String>>>>,
+}
+
+impl Emits {
+    /// Sends `event` and waits until the daemon took (or refused) it, as an `emit` in the
+    /// daemon itself does.
+    fn emit(
+        &self,
+        out: &Outbox,
+        object: u64,
+        event: orgloop_plugin_sdk::Event,
+    ) -> Result<(), String> {
+        if READING.with(Cell::get) {
+            return out
+                .send(&Up::Emit {
+                    call: 0,
+                    object,
+                    event,
+                })
+                .map_err(|e| e.to_string());
+        }
+        let call = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let (tx, rx) = sync_channel(1);
+        lock(&self.waiting).insert(call, tx);
+        let sent = out.send(&Up::Emit {
+            call,
+            object,
+            event,
+        });
+        let taken = match sent {
+            Ok(()) => rx
+                .recv_timeout(EMIT_TIMEOUT)
+                .unwrap_or_else(|_| Err("the daemon did not take the event in time".into())),
+            Err(e) => Err(e.to_string()),
+        };
+        lock(&self.waiting).remove(&call);
+        taken
+    }
+
+    fn answer(&self, call: u64, taken: Result<(), String>) {
+        if let Some(tx) = lock(&self.waiting).remove(&call) {
+            let _ = tx.try_send(taken);
+        }
+    }
 }
 
 impl Host {
@@ -146,8 +213,18 @@ impl Host {
         })
     }
 
+    /// Sends the answer to `call`; one too long to send becomes a failure of the call.
     fn reply(out: &Outbox, call: u64, reply: Reply) {
-        out.send(&Up::Reply { call, reply });
+        let msg = Up::Reply { call, reply };
+        if let Err(Unsent::TooLarge(e)) = out.send(&msg) {
+            let Up::Reply { reply, .. } = msg else {
+                unreachable!()
+            };
+            let _ = out.send(&Up::Reply {
+                call,
+                reply: reply.failed(e.to_string()),
+            });
+        }
     }
 
     fn handle(&self, msg: Down, rt: &tokio::runtime::Handle) {
@@ -163,6 +240,7 @@ impl Host {
                 let built = self.build(object, kind, &symbol, &config, rt);
                 Self::reply(&out, call, Reply::Built(built));
             }
+            Down::Emitted { call, taken } => self.emits.answer(call, taken),
             Down::Drop { object } => {
                 self.objects
                     .lock()
@@ -188,13 +266,11 @@ impl Host {
                 // to the runtime would cost a thread wake-up per call. The daemon keeps the
                 // deadline (it kills this process past it, and its heartbeat allows for it).
                 let _guard = rt.enter();
-                let verdict = t
-                    .apply(&event, &ctx, std::time::Duration::MAX)
-                    .map(|v| match v {
-                        Verdict::Pass => wire::Verdict::Pass,
-                        Verdict::Drop => wire::Verdict::Drop,
-                        Verdict::Replace(e) => wire::Verdict::Replace(e),
-                    });
+                let verdict = t.apply(&event, &ctx, Duration::MAX).map(|v| match v {
+                    Verdict::Pass => wire::Verdict::Pass,
+                    Verdict::Drop => wire::Verdict::Drop,
+                    Verdict::Replace(e) => wire::Verdict::Replace(e),
+                });
                 Self::reply(&out, call, Reply::Verdict(verdict));
             }
             Down::Deliver {
@@ -269,18 +345,20 @@ impl Host {
         config: &str,
         rt: &tokio::runtime::Handle,
     ) -> Result<(), String> {
-        let (log_out, emit_out) = (self.out.clone(), self.out.clone());
+        // Built once: a daemon that restarted this process sends the objects of the one before
+        // again, and a `build` racing that restart may send one a second time.
+        if self.object(object).is_some() {
+            return Ok(());
+        }
+        let (log_out, emit_out, emits) = (self.out.clone(), self.out.clone(), self.emits.clone());
         let services = Services {
             module: Arc::from(""),
             object: String::new(),
             source: None,
-            emitter: Arc::new(move |event| {
-                emit_out.send(&Up::Emit { object, event });
-                Ok(())
-            }),
+            emitter: Arc::new(move |event| emits.emit(&emit_out, object, event)),
             http: self.http.clone(),
             log_to: Some(Arc::new(move |level, message| {
-                log_out.send(&Up::Log {
+                let _ = log_out.send(&Up::Log {
                     object,
                     level,
                     message: message.to_owned(),

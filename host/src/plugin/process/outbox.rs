@@ -23,6 +23,23 @@ pub struct Outbox {
     shared: Arc<Shared>,
 }
 
+/// Why a message was not sent.
+#[derive(Debug)]
+pub enum Unsent {
+    TooLarge(wire::TooLarge),
+    /// The outbox is closed, or the other end is gone.
+    Closed,
+}
+
+impl std::fmt::Display for Unsent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unsent::TooLarge(e) => e.fmt(f),
+            Unsent::Closed => f.write_str("the pipe to the plugin process is closed"),
+        }
+    }
+}
+
 struct Shared {
     state: Mutex<State>,
     queued: Condvar,
@@ -67,13 +84,14 @@ impl Outbox {
         Ok(Outbox { shared })
     }
 
-    /// Sends `msg`; `false` when the outbox is closed or its other end is gone.
-    pub fn send<T: Serialize>(&self, msg: &T) -> bool {
+    /// Sends `msg`; refuses it when it is too long for a frame, or when the outbox is closed or
+    /// its other end is gone.
+    pub fn send<T: Serialize>(&self, msg: &T) -> Result<(), Unsent> {
         let mut frame = Vec::new();
-        wire::encode(msg, &mut frame);
+        wire::encode(msg, &mut frame).map_err(Unsent::TooLarge)?;
         let mut st = self.shared.state();
         if st.closing {
-            return false;
+            return Err(Unsent::Closed);
         }
         let State {
             pipe,
@@ -81,7 +99,9 @@ impl Outbox {
             writing,
             ..
         } = &mut *st;
-        let Some(file) = pipe else { return false };
+        let Some(file) = pipe else {
+            return Err(Unsent::Closed);
+        };
         let mut sent = 0;
         if queue.is_empty() && !*writing {
             loop {
@@ -89,21 +109,21 @@ impl Outbox {
                     Ok(n) => {
                         sent += n;
                         if sent == frame.len() {
-                            return true;
+                            return Ok(());
                         }
                     }
                     Err(e) if e.kind() == ErrorKind::Interrupted => {}
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                     Err(_) => {
                         *pipe = None;
-                        return false;
+                        return Err(Unsent::Closed);
                     }
                 }
             }
         }
         queue.extend_from_slice(&frame[sent..]);
         self.shared.queued.notify_one();
-        true
+        Ok(())
     }
 
     /// Writes what is queued, then closes the pipe (for a child: its end of input).
@@ -198,7 +218,7 @@ mod tests {
         let out = Outbox::start("test-out", writer).unwrap();
         let big = "x".repeat(100_000);
         for i in 0..20u64 {
-            assert!(out.send(&(i, &big)));
+            out.send(&(i, &big)).unwrap();
         }
         out.close();
         let mut got = Vec::new();

@@ -116,11 +116,12 @@ impl Drop for Remote {
     }
 }
 
-/// A delivery the process could not take: retried, no sooner than the process should be back.
+/// A delivery the process could not take: retried, no sooner than the process should be back
+/// (unless it can never be sent).
 fn unavailable(e: CallError) -> Failure {
     Failure {
         message: e.message,
-        permanent: false,
+        permanent: e.permanent,
         retry_after: e.retry_after,
     }
 }

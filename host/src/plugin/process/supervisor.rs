@@ -18,16 +18,16 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use orgloop_plugin_sdk::{Manifest, SymbolKind};
 use serde::Serialize;
 
-use super::outbox::Outbox;
+use super::outbox::{Outbox, Unsent};
 use super::wire::{self, Down, Reply, Up};
-use crate::module::running::{now_ms, since};
+use crate::module::running::now_ms;
 use crate::plugin::load::PluginLoadError;
 use crate::plugin::services::Services;
 use crate::plugin::verify::UnloadReport;
@@ -42,13 +42,14 @@ const STABLE_AFTER: Duration = Duration::from_secs(30);
 pub const CIRCUIT_AFTER: u32 = 5;
 const COOLDOWN: Duration = Duration::from_secs(30);
 const MAX_COOLDOWN: Duration = Duration::from_secs(300);
-/// How long a new child may take to load its library and answer.
+/// How long a new child may take to load its library and answer; the heartbeat kills one that
+/// takes longer (a restart has no caller waiting to give up).
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a plugin constructor may run.
 const BUILD_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a retired child may take to exit after its input closed, before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(5);
-/// The heartbeat: a ping every [`PING_EVERY`]; a child none of whose threads answered for
+/// The heartbeat: a ping every [`PING_EVERY`]; a child none of whose threads sent anything for
 /// [`STALLED_AFTER`] is reported, and for [`STUCK_AFTER`] it is killed and restarted — unless a
 /// transform call or a constructor, which run on the thread that reads the pings, is still
 /// within its deadline.
@@ -57,6 +58,9 @@ const STALLED_AFTER: Duration = Duration::from_secs(2);
 const STUCK_AFTER: Duration = Duration::from_secs(30);
 /// Lines of a child's stderr kept for its status.
 const STDERR_LINES: usize = 20;
+/// How long the end of a dead child's stderr is waited for: a process it started may hold the
+/// pipe open for ever.
+const STDERR_GRACE: Duration = Duration::from_secs(1);
 
 /// Why a call into a plugin process did not get an answer.
 #[derive(Debug)]
@@ -64,6 +68,8 @@ pub struct CallError {
     pub message: String,
     /// When the process should be able to answer again.
     pub retry_after: Option<Duration>,
+    /// Trying again cannot help: the call cannot be sent at all.
+    pub permanent: bool,
 }
 
 impl CallError {
@@ -71,8 +77,31 @@ impl CallError {
         CallError {
             message,
             retry_after: None,
+            permanent: false,
         }
     }
+
+    fn unsent(what: &str, why: Unsent) -> Self {
+        CallError {
+            message: format!("{what} could not be sent: {why}"),
+            retry_after: None,
+            permanent: matches!(why, Unsent::TooLarge(_)),
+        }
+    }
+}
+
+/// A monotonic clock in ms, for instants kept in atomics: unlike the wall clock it does not
+/// jump, so a clock adjustment neither kills a healthy child nor spares a stuck one.
+fn mono_ms() -> i64 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    BASE.get_or_init(Instant::now).elapsed().as_millis() as i64
+}
+
+/// `d` from now, or a year from now for a `d` too large to add.
+fn after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
 }
 
 /// How a plugin process ended.
@@ -137,53 +166,106 @@ struct Registered {
 
 /// Who waits for the answer of a call.
 enum Waiter {
-    Blocking(SyncSender<Result<Reply, CallError>>),
+    /// A transform call or a constructor: it runs on the child's reading thread, which reads no
+    /// ping meanwhile, and may do so until `until`.
+    Blocking {
+        tx: SyncSender<Result<Reply, CallError>>,
+        until: Instant,
+    },
     Async(tokio::sync::oneshot::Sender<Result<Reply, CallError>>),
+    /// An object rebuilt in a restarted child: no one waits, but it blocks the reading thread
+    /// like any constructor, until `until` at most.
+    Rebuild {
+        until: Instant,
+    },
 }
 
 impl Waiter {
     fn answer(self, r: Result<Reply, CallError>) {
         match self {
-            Waiter::Blocking(tx) => drop(tx.try_send(r)),
+            Waiter::Blocking { tx, .. } => drop(tx.try_send(r)),
             Waiter::Async(tx) => drop(tx.send(r)),
+            Waiter::Rebuild { .. } => {}
         }
     }
+
+    /// Until when this call may keep the child's reading thread busy.
+    fn blocks_until(&self) -> Option<Instant> {
+        match self {
+            Waiter::Blocking { until, .. } | Waiter::Rebuild { until } => Some(*until),
+            Waiter::Async(_) => None,
+        }
+    }
+}
+
+/// The calls of one child waiting for an answer.
+#[derive(Default)]
+struct Pending {
+    waiters: HashMap<u64, Waiter>,
+    /// Why no call is taken any more: the child is gone.
+    closed: Option<String>,
 }
 
 /// The pipes to one running child.
 pub(super) struct Link {
     pub out: Outbox,
-    pid: u32,
-    /// Calls waiting for an answer; `closed` once the child is gone.
-    pending: Mutex<(HashMap<u64, Waiter>, Option<String>)>,
-    last_pong: AtomicI64,
+    /// Which child of its supervisor this is (see [`State::child`]).
+    nth: u64,
+    pending: Mutex<Pending>,
+    /// When the child last sent anything, in [`mono_ms`].
+    last_heard: AtomicI64,
 }
 
 impl Link {
-    fn pending(&self) -> MutexGuard<'_, (HashMap<u64, Waiter>, Option<String>)> {
+    fn pending(&self) -> MutexGuard<'_, Pending> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn wait(&self, call: u64, waiter: Waiter) -> Result<(), CallError> {
         let mut p = self.pending();
-        if let Some(why) = &p.1 {
+        if let Some(why) = &p.closed {
             return Err(CallError::new(why.clone()));
         }
-        p.0.insert(call, waiter);
+        p.waiters.insert(call, waiter);
         Ok(())
+    }
+
+    /// Sends the frame of a call registered with [`Link::wait`]; gives the call up when the
+    /// frame cannot be sent.
+    fn send_call(&self, what: &str, call: u64, msg: &Down) -> Result<(), CallError> {
+        self.out.send(msg).map_err(|why| {
+            self.forget(call);
+            CallError::unsent(what, why)
+        })
     }
 
     /// Gives up waiting for `call`.
     pub fn forget(&self, call: u64) {
-        self.pending().0.remove(&call);
+        self.pending().waiters.remove(&call);
+    }
+
+    /// The latest deadline of the calls that keep the child's reading thread busy.
+    fn busy_until(&self) -> Option<Instant> {
+        let p = self.pending();
+        p.waiters.values().filter_map(Waiter::blocks_until).max()
+    }
+
+    /// A rebuilt object's constructor is past its deadline (a caller's own call is cut by the
+    /// caller).
+    fn rebuild_overdue(&self) -> bool {
+        let now = Instant::now();
+        let p = self.pending();
+        p.waiters
+            .values()
+            .any(|w| matches!(w, Waiter::Rebuild { until } if *until < now))
     }
 
     /// Fails every waiting call and refuses new ones.
     fn close(&self, why: String) {
         let waiters: Vec<Waiter> = {
             let mut p = self.pending();
-            p.1 = Some(why.clone());
-            p.0.drain().map(|(_, w)| w).collect()
+            p.closed = Some(why.clone());
+            p.waiters.drain().map(|(_, w)| w).collect()
         };
         for w in waiters {
             w.answer(Err(CallError::new(why.clone())));
@@ -191,8 +273,23 @@ impl Link {
     }
 }
 
+/// A child process not yet reaped: only while it is in [`State::child`] may its pid be
+/// signalled (once reaped, the pid may belong to anyone).
+#[derive(Clone, Copy)]
+struct Spawned {
+    nth: u64,
+    pid: u32,
+    at: Instant,
+}
+
 struct State {
     link: Option<Arc<Link>>,
+    /// The current child from its spawn until just before it is reaped.
+    child: Option<Spawned>,
+    /// Children spawned so far.
+    spawned: u64,
+    /// The pid of the last child, for the report once it is gone.
+    last_pid: Option<u32>,
     phase: Phase,
     /// When a restart or the end of the cooldown is due.
     due: Option<Instant>,
@@ -200,7 +297,7 @@ struct State {
     restarts: u64,
     crashes_in_a_row: u32,
     last_exit: Option<Exit>,
-    /// Set when the daemon kills the child, so its exit says why.
+    /// Set when the daemon kills the current child, so its exit says why.
     kill_reason: Option<String>,
     stop: bool,
 }
@@ -216,19 +313,25 @@ struct Shared {
     changed: Condvar,
     objects: Mutex<HashMap<u64, Registered>>,
     next_id: AtomicU64,
-    /// Unix ms until which a blocking call may keep the child's reading thread busy.
-    busy_until: AtomicI64,
 }
 
 impl Shared {
-    /// How long the child has not answered a ping, unless a blocking call within its deadline
+    /// How long the child has sent nothing, unless a blocking call within its deadline
     /// explains it.
     fn silent(&self, link: &Link) -> Option<Duration> {
-        let now = now_ms();
-        if now < self.busy_until.load(Ordering::Relaxed) {
+        if link
+            .busy_until()
+            .is_some_and(|until| Instant::now() < until)
+        {
             return None;
         }
-        Some(since(link.last_pong.load(Ordering::Relaxed)))
+        let ms = mono_ms() - link.last_heard.load(Ordering::Relaxed);
+        Some(Duration::from_millis(ms.max(0) as u64))
+    }
+
+    /// A number no other object or call of this process uses.
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -251,16 +354,18 @@ impl Shared {
         self.objects().get(&object).map(|r| r.services.clone())
     }
 
-    /// Kills the child behind `link` (not a newer one), saying why.
-    fn kill(&self, link: &Link, reason: String) {
+    /// Kills the `nth` child if it is still the current one (not a newer one), saying why.
+    fn kill(&self, nth: u64, reason: String) {
         let mut st = self.state();
-        let current = st.link.as_ref().is_some_and(|l| l.pid == link.pid);
-        if current && st.kill_reason.is_none() {
-            tracing::warn!(plugin = %self.label, pid = link.pid, "killing the plugin process: {reason}");
+        let Some(child) = st.child.filter(|c| c.nth == nth) else {
+            return;
+        };
+        if st.kill_reason.is_none() {
+            tracing::warn!(plugin = %self.label, pid = child.pid, "killing the plugin process: {reason}");
             st.kill_reason = Some(reason);
-            // SAFETY: plain syscall; the pid is our child's and has not been reaped (its
-            // supervisor thread reaps it only after `link` is taken out of the state).
-            unsafe { libc::kill(link.pid as i32, libc::SIGKILL) };
+            // SAFETY: plain syscall; the pid is our unreaped child's: the supervisor thread
+            // takes it out of `st.child`, under this lock, before it reaps it.
+            unsafe { libc::kill(child.pid as i32, libc::SIGKILL) };
         }
     }
 }
@@ -287,6 +392,9 @@ impl Supervisor {
             max_memory,
             state: Mutex::new(State {
                 link: None,
+                child: None,
+                spawned: 0,
+                last_pid: None,
                 phase: Phase::Starting,
                 due: None,
                 started: Instant::now(),
@@ -299,15 +407,19 @@ impl Supervisor {
             changed: Condvar::new(),
             objects: Mutex::default(),
             next_id: AtomicU64::new(1),
-            busy_until: AtomicI64::new(0),
         });
+        // Watched from the start: the heartbeat is what kills a child that hangs while loading.
+        watchdog()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::downgrade(&shared));
         let (ready, loaded) = sync_channel(1);
         let s = shared.clone();
         let thread = std::thread::Builder::new()
             .name(format!("p-{plugin}").chars().take(15).collect())
             .spawn(move || supervise(&s, ready))
             .map_err(|e| PluginLoadError::Io(format!("cannot start a supervisor thread: {e}")))?;
-        let manifest = match loaded.recv_timeout(START_TIMEOUT) {
+        let manifest = match loaded.recv_timeout(START_TIMEOUT + 2 * PING_EVERY) {
             Ok(r) => r,
             Err(_) => Err(PluginLoadError::Init(format!(
                 "the plugin process did not load the library within {} s",
@@ -319,13 +431,7 @@ impl Supervisor {
             thread: Mutex::new(Some(thread)),
         };
         match manifest {
-            Ok(m) => {
-                watchdog()
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(Arc::downgrade(&sup.shared));
-                Ok((sup, m))
-            }
+            Ok(m) => Ok((sup, m)),
             Err(e) => {
                 sup.stop();
                 Err(e)
@@ -333,9 +439,8 @@ impl Supervisor {
         }
     }
 
-    /// A number no other object or call of this process uses.
     fn next_id(&self) -> u64 {
-        self.shared.next_id.fetch_add(1, Ordering::Relaxed)
+        self.shared.next_id()
     }
 
     /// The running child, or why there is none.
@@ -345,7 +450,7 @@ impl Supervisor {
 
     /// The running child; while one is (re)starting, waits for it up to `patience`.
     fn link_within(&self, patience: Duration) -> Result<Arc<Link>, CallError> {
-        let until = Instant::now() + patience;
+        let until = after(patience);
         let mut st = self.shared.state();
         loop {
             if let Some(l) = &st.link {
@@ -375,6 +480,7 @@ impl Supervisor {
         Err(CallError {
             message,
             retry_after: wait.or(Some(FIRST_BACKOFF)),
+            permanent: false,
         })
     }
 
@@ -420,29 +526,28 @@ impl Supervisor {
     pub fn forget(&self, object: u64) {
         self.shared.objects().remove(&object);
         if let Ok(link) = self.link() {
-            link.out.send(&Down::Drop { object });
+            // A child that is gone has dropped it anyway.
+            let _ = link.out.send(&Down::Drop { object });
         }
     }
 
-    /// A call from a thread that may block (a transform's), bounded by `deadline`, which
-    /// includes waiting for a child that is restarting. Past it, the child is killed (its
-    /// threads are stuck in the call) and restarted.
+    /// A call from a thread that may block (a transform's). The call has `deadline` once it is
+    /// sent; past it, the child is killed (its reading thread is stuck in the call) and
+    /// restarted. Waiting for a child that is restarting, before, is bounded by `deadline` too:
+    /// the restarted child must not be killed for time it did not have.
     pub fn call_blocking(
         &self,
         what: &str,
         deadline: Duration,
         make: impl FnOnce(u64) -> Down,
     ) -> Result<Reply, CallError> {
-        let started = Instant::now();
         let link = self.link_within(deadline)?;
         let call = self.next_id();
         let (tx, rx) = sync_channel(1);
-        link.wait(call, Waiter::Blocking(tx))?;
-        self.shared
-            .busy_until
-            .fetch_max(now_ms() + deadline.as_millis() as i64, Ordering::Relaxed);
-        link.out.send(&make(call));
-        match rx.recv_timeout(deadline.saturating_sub(started.elapsed())) {
+        let until = after(deadline);
+        link.wait(call, Waiter::Blocking { tx, until })?;
+        link.send_call(what, call, &make(call))?;
+        match rx.recv_timeout(deadline) {
             Ok(r) => r,
             Err(RecvTimeoutError::Timeout) => {
                 link.forget(call);
@@ -450,7 +555,7 @@ impl Supervisor {
                     "{what} ran past its deadline of {:.1} s",
                     deadline.as_secs_f64()
                 );
-                self.shared.kill(&link, why.clone());
+                self.shared.kill(link.nth, why.clone());
                 Err(CallError::new(why))
             }
             Err(RecvTimeoutError::Disconnected) => {
@@ -465,7 +570,7 @@ impl Supervisor {
         let call = self.next_id();
         let (tx, rx) = tokio::sync::oneshot::channel();
         link.wait(call, Waiter::Async(tx))?;
-        link.out.send(&make(call));
+        link.send_call("the call", call, &make(call))?;
         Ok(Call {
             link,
             call,
@@ -509,7 +614,7 @@ impl Supervisor {
         };
         ProcessStatus {
             state: st.phase,
-            pid: link.map(|l| l.pid),
+            pid: st.child.map(|c| c.pid),
             restarts: st.restarts,
             crashes_in_a_row: st.crashes_in_a_row,
             max_memory: self.shared.max_memory,
@@ -521,25 +626,24 @@ impl Supervisor {
     /// Stops the child for good: its input closes, it exits (or is killed after
     /// 5 s (`EXIT_GRACE`)), and it is reaped. Returns how it ended.
     pub fn stop(&self) -> UnloadReport {
-        let pid = {
+        {
             let mut st = self.shared.state();
             st.stop = true;
             if let Some(l) = &st.link {
                 l.out.close();
             }
             self.shared.changed.notify_all();
-            st.link.as_ref().map(|l| l.pid)
-        };
+        }
         let deadline = Instant::now() + EXIT_GRACE;
         {
             let mut st = self.shared.state();
             while st.phase != Phase::Exited {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
-                    if let Some(link) = st.link.clone() {
+                    if let Some(child) = st.child {
                         drop(st);
                         self.shared.kill(
-                            &link,
+                            child.nth,
                             format!(
                                 "it did not exit within {} s of being retired",
                                 EXIT_GRACE.as_secs()
@@ -556,7 +660,7 @@ impl Supervisor {
         }
         let st = self.shared.state();
         UnloadReport::ProcessExited {
-            pid: pid.unwrap_or(0),
+            pid: st.last_pid.unwrap_or(0),
             status: st
                 .last_exit
                 .as_ref()
@@ -576,7 +680,8 @@ pub(super) struct Call {
 impl Call {
     /// Asks the child to cancel the call (the plugin sees its cancellation signal).
     pub fn cancel(&self) {
-        self.link.out.send(&Down::Cancel { call: self.call });
+        // A child that is gone has no call to cancel.
+        let _ = self.link.out.send(&Down::Cancel { call: self.call });
     }
 
     pub async fn answer(&mut self) -> Result<Reply, CallError> {
@@ -604,13 +709,12 @@ fn supervise(shared: &Arc<Shared>, ready: SyncSender<Result<Manifest, PluginLoad
     loop {
         let ended = run_child(shared, &mut ready);
         let mut st = shared.state();
-        st.link = None;
         let exit = match ended {
             Ok(exit) => exit,
             Err(e) => {
                 // The child could not even be started: as if it had crashed at once.
                 Exit {
-                    status: format!("could not be started: {e}"),
+                    status: format!("could not be started or reaped: {e}"),
                     signal: None,
                     code: None,
                     reason: None,
@@ -697,78 +801,136 @@ fn run_child(
     let mut child = spawn(shared)?;
     let started = Instant::now();
     let pid = child.id();
+    let nth = {
+        let mut st = shared.state();
+        st.spawned += 1;
+        st.child = Some(Spawned {
+            nth: st.spawned,
+            pid,
+            at: started,
+        });
+        st.last_pid = Some(pid);
+        st.kill_reason = None;
+        st.spawned
+    };
     let stderr = StderrTail::start(&shared.label, child.stderr.take());
     let stdin = child.stdin.take().expect("piped stdin");
-    let mut stdout = BufReader::with_capacity(64 << 10, child.stdout.take().expect("piped stdout"));
-    let link = Arc::new(Link {
-        out: Outbox::start(&format!("p>{}", shared.plugin), stdin)?,
-        pid,
-        pending: Mutex::new((HashMap::new(), None)),
-        last_pong: AtomicI64::new(now_ms()),
+    let stdout = child.stdout.take().expect("piped stdout");
+    // Without a writer the child's input closes at once, and it exits by itself.
+    let link = Outbox::start(&format!("p>{}", shared.plugin), stdin).map(|out| {
+        Arc::new(Link {
+            out,
+            nth,
+            pending: Mutex::default(),
+            last_heard: AtomicI64::new(mono_ms()),
+        })
     });
-    let mut buf = Vec::new();
-    let first = wire::read::<Up>(&mut stdout, &mut buf);
-    if let Ok(Some(Up::Ready { manifest })) = first {
-        if let Some(tx) = ready.take() {
-            let _ = tx.send(Ok(manifest));
-        }
-        // Rebuild the objects of the child before, in the same order; calls can only be queued
-        // behind these frames, so the child has every object before the first call.
-        {
-            let objects = shared.objects();
-            let mut ids: Vec<_> = objects.keys().copied().collect();
-            ids.sort_unstable();
-            for object in ids {
-                let r = &objects[&object];
-                link.out.send(&Down::New {
-                    call: 0,
-                    object,
-                    kind: r.kind,
-                    symbol: r.symbol.clone(),
-                    config: r.config.clone(),
-                });
-            }
-        }
-        {
-            let mut st = shared.state();
-            st.started = started;
-            if st.stop {
-                link.out.close();
-            } else {
-                st.phase = Phase::Up;
-            }
-            st.link = Some(link.clone());
-            shared.changed.notify_all();
-        }
-        serve(shared, &link, &mut stdout, &mut buf);
-    } else if let Ok(Some(Up::Refused { error })) = first {
-        if let Some(tx) = ready.take() {
-            let _ = tx.send(Err(error));
-        }
-        shared.state().stop = true;
+    if let Ok(link) = &link {
+        talk(shared, ready, link, stdout);
     }
-    let status = reap(&mut child)?;
-    let stderr = stderr.finish();
-    let killed = shared.state().kill_reason.take();
-    let reason = killed.clone().or_else(|| {
-        let oom = stderr.iter().any(|l| l.contains("memory allocation of"));
-        shared
-            .max_memory
-            .filter(|_| oom)
-            .map(|m| format!("it ran out of memory (max_memory is {} MiB)", m >> 20))
-    });
-    let exit = Exit {
-        status: describe(status),
-        signal: status.signal(),
-        code: status.code(),
-        reason,
-        killed: killed.is_some(),
-        stderr,
-        at: now_ms(),
-        uptime_ms: started.elapsed().as_millis() as u64,
+    // From here on the child is the reaper's: no one may signal its pid any more.
+    let killed = {
+        let mut st = shared.state();
+        st.link = None;
+        st.child = None;
+        if !st.stop {
+            st.phase = Phase::Restarting;
+        }
+        st.kill_reason.take()
     };
-    link.close(format!("the plugin process {exit} during the call"));
-    Ok(exit)
+    shared.changed.notify_all();
+    let status = reap(&mut child);
+    let stderr = stderr.finish();
+    let exit = status.map(|status| {
+        let reason = killed.clone().or_else(|| {
+            let oom = stderr.iter().any(|l| l.contains("memory allocation of"));
+            shared
+                .max_memory
+                .filter(|_| oom)
+                .map(|m| format!("it ran out of memory (max_memory is {} MiB)", m >> 20))
+        });
+        Exit {
+            status: describe(status),
+            signal: status.signal(),
+            code: status.code(),
+            reason,
+            killed: killed.is_some(),
+            stderr,
+            at: now_ms(),
+            uptime_ms: started.elapsed().as_millis() as u64,
+        }
+    });
+    if let Ok(link) = &link {
+        link.close(match &exit {
+            Ok(exit) => format!("the plugin process {exit} during the call"),
+            Err(e) => format!("the plugin process was lost during the call: {e}"),
+        });
+    }
+    link?;
+    exit
+}
+
+/// Waits for the child to load its library, rebuilds the objects of the child before it,
+/// publishes it, and serves it until its output ends.
+fn talk(
+    shared: &Arc<Shared>,
+    ready: &mut Option<SyncSender<Result<Manifest, PluginLoadError>>>,
+    link: &Arc<Link>,
+    stdout: ChildStdout,
+) {
+    let mut stdout = BufReader::with_capacity(64 << 10, stdout);
+    let mut buf = Vec::new();
+    match wire::read::<Up>(&mut stdout, &mut buf) {
+        Ok(Some(Up::Ready { manifest })) => {
+            if let Some(tx) = ready.take() {
+                let _ = tx.send(Ok(manifest));
+            }
+        }
+        Ok(Some(Up::Refused { error })) => {
+            if let Some(tx) = ready.take() {
+                let _ = tx.send(Err(error));
+            }
+            shared.state().stop = true;
+            return;
+        }
+        // It died, or wrote something else: the exit will say.
+        _ => return,
+    }
+    // Calls can only be queued behind these frames, so the child has every object before the
+    // first call; the objects lock keeps a concurrent `build` out of the way meanwhile.
+    {
+        let objects = shared.objects();
+        let mut ids: Vec<_> = objects.keys().copied().collect();
+        ids.sort_unstable();
+        for object in ids {
+            let r = &objects[&object];
+            let call = shared.next_id();
+            let until = after(BUILD_TIMEOUT);
+            let _ = link.wait(call, Waiter::Rebuild { until });
+            let rebuild = Down::New {
+                call,
+                object,
+                kind: r.kind,
+                symbol: r.symbol.clone(),
+                config: r.config.clone(),
+            };
+            if let Err(e) = link.send_call("an object's rebuild", call, &rebuild) {
+                tracing::error!(plugin = %shared.label, "{}", e.message);
+            }
+        }
+    }
+    {
+        let mut st = shared.state();
+        st.started = Instant::now();
+        if st.stop {
+            link.out.close();
+        } else {
+            st.phase = Phase::Up;
+        }
+        st.link = Some(link.clone());
+        shared.changed.notify_all();
+    }
+    serve(shared, link, &mut stdout, &mut buf);
 }
 
 /// Waits for a child whose output ended: it is exiting, or it wrote something we could not
@@ -796,18 +958,18 @@ fn serve(shared: &Shared, link: &Link, stdout: &mut BufReader<ChildStdout>, buf:
                 return;
             }
         };
+        // Anything it sends proves one of its threads alive (a pong answers from a free one).
+        link.last_heard.store(mono_ms(), Ordering::Relaxed);
         match frame {
-            Up::Reply {
-                reply: Reply::Pong, ..
-            } => link.last_pong.store(now_ms(), Ordering::Relaxed),
             Up::Reply { call, reply } => {
-                let waiter = link.pending().0.remove(&call);
+                let waiter = link.pending().waiters.remove(&call);
                 match (waiter, reply) {
-                    (Some(w), reply) => w.answer(Ok(reply)),
-                    (None, Reply::Built(Err(e))) => {
+                    (Some(Waiter::Rebuild { .. }), Reply::Built(Err(e))) => {
                         tracing::error!(plugin = %shared.label, "an object could not be rebuilt in the restarted plugin process: {e}")
                     }
-                    (None, _) => {} // A call given up (past its deadline, or dropped).
+                    (Some(w), reply) => w.answer(Ok(reply)),
+                    // A pong, or a call given up (past its deadline, or dropped).
+                    (None, _) => {}
                 }
             }
             Up::Log {
@@ -819,11 +981,22 @@ fn serve(shared: &Shared, link: &Link, stdout: &mut BufReader<ChildStdout>, buf:
                     s.write_log(level, &message);
                 }
             }
-            Up::Emit { object, event } => {
-                if let Some(s) = shared.services(object) {
-                    if let Err(e) = s.emit_event(event) {
-                        tracing::warn!(plugin = %shared.label, "an event the plugin emitted was refused: {e}");
-                    }
+            Up::Emit {
+                call,
+                object,
+                event,
+            } => {
+                // Right here, before the frames after it: an event is stored before the reply
+                // of the delivery that emitted it is read.
+                let taken = match shared.services(object) {
+                    Some(s) => s.emit_event(event),
+                    None => Err("the object that emitted it was dropped".to_owned()),
+                };
+                if let Err(e) = &taken {
+                    tracing::warn!(plugin = %shared.label, "an event the plugin emitted was refused: {e}");
+                }
+                if call != 0 {
+                    let _ = link.out.send(&Down::Emitted { call, taken });
                 }
             }
             Up::Ready { .. } | Up::Refused { .. } => {}
@@ -904,17 +1077,20 @@ fn describe(status: std::process::ExitStatus) -> String {
 /// The last lines a child wrote to stderr; each line is also logged.
 struct StderrTail {
     lines: Arc<Mutex<VecDeque<String>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    /// Disconnected when the reading thread ends.
+    ended: Option<Receiver<()>>,
 }
 
 impl StderrTail {
     fn start(label: &str, stderr: Option<std::process::ChildStderr>) -> StderrTail {
         let lines: Arc<Mutex<VecDeque<String>>> = Arc::default();
         let (l, label) = (lines.clone(), label.to_owned());
-        let thread = stderr.and_then(|stderr| {
+        let (ending, ended) = sync_channel::<()>(0);
+        let started = stderr.and_then(|stderr| {
             std::thread::Builder::new()
                 .name("p-stderr".into())
                 .spawn(move || {
+                    let _ending = ending;
                     for line in BufReader::new(stderr).lines() {
                         let Ok(line) = line else { return };
                         tracing::warn!(plugin = %label, "plugin process stderr: {line}");
@@ -927,13 +1103,17 @@ impl StderrTail {
                 })
                 .ok()
         });
-        StderrTail { lines, thread }
+        StderrTail {
+            lines,
+            ended: started.map(|_| ended),
+        }
     }
 
-    /// Waits for the end of the stream (the child is gone) and returns the last lines.
-    fn finish(mut self) -> Vec<String> {
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+    /// Waits for the end of the stream (the child is gone), for [`STDERR_GRACE`] at most, and
+    /// returns the last lines.
+    fn finish(self) -> Vec<String> {
+        if let Some(ended) = &self.ended {
+            let _ = ended.recv_timeout(STDERR_GRACE);
         }
         self.lines
             .lock()
@@ -941,6 +1121,43 @@ impl StderrTail {
             .iter()
             .cloned()
             .collect()
+    }
+}
+
+/// One heartbeat for one plugin process: kills it if it hangs while loading, in a rebuilt
+/// constructor, or with all its threads; else pings it.
+fn beat(s: &Shared) {
+    let (link, child, phase) = {
+        let st = s.state();
+        (st.link.clone(), st.child, st.phase)
+    };
+    let Some(child) = child else { return };
+    let Some(link) = link else {
+        if phase == Phase::Starting && child.at.elapsed() >= START_TIMEOUT {
+            let why = format!(
+                "it did not load its library within {} s",
+                START_TIMEOUT.as_secs()
+            );
+            s.kill(child.nth, why);
+        }
+        return;
+    };
+    if link.rebuild_overdue() {
+        let why = format!(
+            "a constructor ran past its deadline of {} s while the process restarted",
+            BUILD_TIMEOUT.as_secs()
+        );
+        return s.kill(link.nth, why);
+    }
+    let silent = s.silent(&link).unwrap_or_default();
+    if silent >= STUCK_AFTER {
+        let why = format!(
+            "none of its threads answered for {} s (a plugin call blocks them)",
+            silent.as_secs()
+        );
+        s.kill(link.nth, why);
+    } else {
+        let _ = link.out.send(&Down::Ping { call: 0 });
     }
 }
 
@@ -958,21 +1175,7 @@ fn watchdog() -> &'static Mutex<Vec<Weak<Shared>>> {
                     w.iter().filter_map(Weak::upgrade).collect()
                 };
                 for s in watched {
-                    let Some(link) = s.state().link.clone() else {
-                        continue;
-                    };
-                    let silent = s.silent(&link).unwrap_or_default();
-                    if silent >= STUCK_AFTER {
-                        s.kill(
-                            &link,
-                            format!(
-                                "none of its threads answered for {} s (a plugin call blocks them)",
-                                silent.as_secs()
-                            ),
-                        );
-                    } else {
-                        link.out.send(&Down::Ping { call: 0 });
-                    }
+                    beat(&s);
                 }
             });
         if let Err(e) = spawned {

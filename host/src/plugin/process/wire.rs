@@ -7,7 +7,7 @@
 //! sends about one object (a log line, an emitted event, then the reply) arrives in the order it
 //! was sent, which keeps an emitted event ahead of the ack of the delivery that emitted it.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 
 use orgloop_plugin_sdk::{Event, Manifest, SymbolKind};
 use serde::{Deserialize, Serialize};
@@ -51,6 +51,11 @@ pub enum Down {
     },
     /// Answered once a thread of the child's runtime is free: the child's heartbeat.
     Ping { call: u64 },
+    /// The answer to the child's [`Up::Emit`] `call`: whether the module took the event.
+    Emitted {
+        call: u64,
+        taken: Result<(), String>,
+    },
 }
 
 /// A transform call's context.
@@ -83,8 +88,9 @@ pub enum Up {
         level: u8,
         message: String,
     },
-    /// An event `object` emitted.
+    /// An event `object` emitted; a `call` other than 0 waits for [`Down::Emitted`].
     Emit {
+        call: u64,
         object: u64,
         event: Event,
     },
@@ -98,6 +104,24 @@ pub enum Reply {
     Outcome(Result<Outcome, Failure>),
     Polled(Result<Polled, String>),
     Pong,
+}
+
+impl Reply {
+    /// The same kind of answer, failed with `why` (for an answer too long to send).
+    pub fn failed(&self, why: String) -> Reply {
+        match self {
+            Reply::Built(_) => Reply::Built(Err(why)),
+            Reply::Verdict(_) => Reply::Verdict(Err(why)),
+            // The same delivery would give the same answer again.
+            Reply::Outcome(_) => Reply::Outcome(Err(Failure {
+                message: why,
+                permanent: true,
+                retry_after_ms: None,
+            })),
+            Reply::Polled(_) => Reply::Polled(Err(why)),
+            Reply::Pong => Reply::Pong,
+        }
+    }
 }
 
 /// [`orgloop_plugin_sdk::Verdict`] on the wire.
@@ -130,21 +154,35 @@ pub struct Polled {
     pub checkpoint: Option<String>,
 }
 
-/// Appends `msg` as one frame to `out`.
-pub fn encode<T: Serialize>(msg: &T, out: &mut Vec<u8>) {
+/// A message too long for one frame: refused by its sender, so that the other end never reads
+/// a frame it must refuse (which would cut the pipe, and with it every other call).
+#[derive(Debug)]
+pub struct TooLarge(pub usize);
+
+impl std::fmt::Display for TooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "a message of {} bytes is over the {} MiB limit of the plugin process's pipe",
+            self.0,
+            MAX_FRAME >> 20
+        )
+    }
+}
+
+/// Appends `msg` as one frame to `out`; leaves `out` as it was when it is too long.
+pub fn encode<T: Serialize>(msg: &T, out: &mut Vec<u8>) -> Result<(), TooLarge> {
     let start = out.len();
     out.extend_from_slice(&[0; 4]);
     // Serializing these types cannot fail: every map key is a string.
     serde_json::to_writer(&mut *out, msg).expect("a wire message serializes");
-    let len = (out.len() - start - 4) as u32;
-    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
-}
-
-/// Writes `msg` as one frame.
-pub fn write<T: Serialize>(w: &mut impl Write, msg: &T) -> io::Result<()> {
-    let mut buf = Vec::new();
-    encode(msg, &mut buf);
-    w.write_all(&buf)
+    let len = out.len() - start - 4;
+    if len > MAX_FRAME {
+        out.truncate(start);
+        return Err(TooLarge(len));
+    }
+    out[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
+    Ok(())
 }
 
 /// Reads one frame; `None` at a clean end of the stream.
@@ -180,7 +218,7 @@ mod tests {
     fn frames_round_trip_back_to_back() {
         let event = Event::builder("src", orgloop_plugin_sdk::EventType::ResourceChanged).build();
         let mut buf = Vec::new();
-        encode(&Down::Ping { call: 7 }, &mut buf);
+        encode(&Down::Ping { call: 7 }, &mut buf).unwrap();
         encode(
             &Down::Apply {
                 call: 8,
@@ -194,7 +232,8 @@ mod tests {
                 },
             },
             &mut buf,
-        );
+        )
+        .unwrap();
         let mut r = &buf[..];
         let mut scratch = Vec::new();
         assert!(matches!(
@@ -208,6 +247,14 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         assert!(read::<Down>(&mut r, &mut scratch).unwrap().is_none());
+    }
+
+    #[test]
+    fn an_oversized_message_is_refused_by_its_sender() {
+        let mut buf = vec![1, 2, 3];
+        let big = "x".repeat(MAX_FRAME);
+        assert!(encode(&big, &mut buf).is_err());
+        assert_eq!(buf, [1, 2, 3]);
     }
 
     #[test]
