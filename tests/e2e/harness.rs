@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -224,29 +224,39 @@ pub struct Sink {
     pub port: u16,
     received: Arc<(Mutex<Vec<Received>>, Condvar)>,
     status: Arc<AtomicU16>,
+    /// When not 0: every this many-th request is answered 503 (a flaky target).
+    fail_every: Arc<AtomicU64>,
 }
 
 impl Sink {
     pub fn start() -> Sink {
         let received: Arc<(Mutex<Vec<Received>>, Condvar)> = Default::default();
         let status = Arc::new(AtomicU16::new(200));
-        let (r, s) = (received.clone(), status.clone());
+        let fail_every = Arc::new(AtomicU64::new(0));
+        let (r, s, f) = (received.clone(), status.clone(), fail_every.clone());
         let listener = rt()
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
         let port = listener.local_addr().unwrap().port();
         let app = axum::Router::new().fallback(
             move |uri: axum::http::Uri, headers: axum::http::HeaderMap, body: Bytes| {
-                let (r, s) = (r.clone(), s.clone());
+                let (r, s, f) = (r.clone(), s.clone(), f.clone());
                 async move {
                     let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                    let status = s.load(Ordering::SeqCst);
-                    r.0.lock().unwrap().push(Received {
+                    let mut received = r.0.lock().unwrap();
+                    let every = f.load(Ordering::SeqCst);
+                    let status = if every > 0 && (received.len() as u64 + 1).is_multiple_of(every) {
+                        503
+                    } else {
+                        s.load(Ordering::SeqCst)
+                    };
+                    received.push(Received {
                         path: uri.path().to_owned(),
                         headers: header_map(&headers),
                         body,
                         status,
                     });
+                    drop(received);
                     r.1.notify_all();
                     axum::http::StatusCode::from_u16(status).unwrap()
                 }
@@ -257,11 +267,17 @@ impl Sink {
             port,
             received,
             status,
+            fail_every,
         }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Makes every `n`-th request from now on fail with 503 (0: none).
+    pub fn fail_every(&self, n: u64) {
+        self.fail_every.store(n, Ordering::SeqCst);
     }
 
     /// Makes the sink answer with `status` from now on.

@@ -239,6 +239,49 @@ fn a_healthy_new_generation_is_promoted_and_the_old_build_unloads() {
 }
 
 #[test]
+fn a_bake_compares_with_the_previous_generation_s_own_traffic_not_with_none() {
+    let dir = test_dir("rollout_flaky_target");
+    // One delivery in four fails, whichever generation makes it: a target that was flaky
+    // before the reload, and is no worse after it.
+    let sink = Sink::start();
+    sink.fail_every(4);
+    let m = dir.join("m");
+    module(&m, &sink.url("/v1"));
+    let daemon = Daemon::start(&[&m], &base_env(&dir.join("home")));
+    post_notes(&daemon, 0..30);
+    sink.wait_delivered(&(0..30).collect::<Vec<_>>());
+
+    // After the full swap the previous generation gets no traffic; its figures from before
+    // the swap are the ones to beat.
+    point_at(&m, &sink.url("/v2"));
+    let (code, report) = daemon.cli_json(&[
+        "module",
+        "reload",
+        "m",
+        "--auto-rollback",
+        "--bake",
+        "2s",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{report:#}");
+    post_notes(&daemon, 30..60);
+    let ended = daemon.wait_status("m", "the rollout to end", |s| {
+        matches!(
+            s["rollout"]["phase"].as_str(),
+            Some("promoted" | "rolled_back")
+        )
+    });
+    let r = &ended["rollout"];
+    assert_eq!(r["phase"], "promoted", "{r:#}");
+    let (previous, new) = (&r["comparison"]["previous"], &r["comparison"]["new"]);
+    assert!(previous["attempts"].as_u64().unwrap() >= 30, "{r:#}");
+    assert!(previous["failure_rate"].as_f64().unwrap() > 0.1, "{r:#}");
+    assert!(new["failure_rate"].as_f64().unwrap() > 0.1, "{r:#}");
+    let got = sink.wait_delivered(&(0..60).collect::<Vec<_>>());
+    assert!(got.values().all(|&c| c == 1), "{got:?}");
+}
+
+#[test]
 fn rollback_by_hand_during_the_bake_and_a_reload_during_a_canary_ends_it() {
     let dir = test_dir("rollout_by_hand");
     let sink = Sink::start();

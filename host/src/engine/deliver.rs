@@ -46,6 +46,9 @@ pub struct Job {
     pub route: String,
     /// The event after the route's transforms.
     pub event: Event,
+    /// The rollout bucket of the event as it was stored: every attempt goes through the
+    /// generation that routed it, even when a transform gave the event a new id.
+    pub bucket: u32,
     pub accepted_ms: i64,
     /// An attempt had started when the daemon died (known for `interrupted: dead_letter` actors).
     pub crashed: bool,
@@ -80,8 +83,9 @@ async fn run(module: Arc<Module>, job: Job) {
         attempts: 0,
         last_error: None,
     };
+    let mut held = false;
     loop {
-        let Some(g) = module.generation_for(job.event.id()) else {
+        let Some(g) = module.generation_for(job.bucket) else {
             return stopped(&module, &job, &p).await;
         };
         let Some(i) = g.route_index(&job.route) else {
@@ -101,9 +105,10 @@ async fn run(module: Arc<Module>, job: Job) {
         // Waiting holds only the actor's gate and limit, not its generation: a reload meanwhile
         // drains and unloads the old one, and this delivery then goes through the new one.
         let (gate, limit) = (actor.gate.clone(), actor.limit.clone());
-        if p.attempts == 0 && gate.is_failing() {
+        if p.attempts == 0 && !held && gate.is_failing() {
             // Held back before its first attempt: a failure for a rollout's comparison, which
-            // would otherwise see only the gate's few probes.
+            // would otherwise see only the gate's few probes. Once per delivery.
+            held = true;
             g.health.held();
         }
         drop((g, actor));
@@ -123,7 +128,7 @@ async fn run(module: Arc<Module>, job: Job) {
         let Some((pass, permit)) = admitted else {
             return stopped(&module, &job, &p).await;
         };
-        let Some((g, i, actor)) = module.generation_for(job.event.id()).and_then(|g| {
+        let Some((g, i, actor)) = module.generation_for(job.bucket).and_then(|g| {
             let i = g.route_index(&job.route)?;
             let actor = g.actors.get(&g.routes[i].spec.actor)?.clone();
             Some((g, i, actor))

@@ -30,10 +30,12 @@ pub fn dispatch(module: &Arc<Module>, generation: &Arc<Generation>, entry: Entry
         started,
         event,
     } = entry;
+    let bucket = crate::module::rollout::bucket(event.id());
     let job = |route: &str, event: Event| Job {
         ticket: ticket.clone(),
         route: route.to_owned(),
         event,
+        bucket,
         accepted_ms,
         crashed: started.iter().any(|r| r == route),
     };

@@ -20,13 +20,36 @@ const BUCKETS: usize = 129;
 /// milliseconds more of a fast actor is noise.
 const LATENCY_SLACK: Duration = Duration::from_millis(50);
 
+/// The confidence of a rate's lower bound: 95%.
+const Z: f64 = 1.96;
+
+/// The lower bound of the true rate behind `hits` of `n` (Wilson score interval). A rate is
+/// judged by it, so that a few unlucky calls cannot make a generation worse — 1 failure of 1
+/// attempt is "at least 21%" — while every probe to a dead target failing soon is: 3 of 3 is at
+/// least 44%.
+fn lower_bound(hits: u64, n: u64) -> f64 {
+    if n == 0 {
+        return 0.0;
+    }
+    let (n, p) = (n as f64, hits as f64 / n as f64);
+    let z2 = Z * Z;
+    let centre = p + z2 / (2.0 * n);
+    let spread = Z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
+    ((centre - spread) / (1.0 + z2 / n)).max(0.0)
+}
+
 /// Counters of one generation.
 pub struct Health {
     transform_calls: AtomicU64,
     transform_errors: AtomicU64,
     attempts: AtomicU64,
     failures: AtomicU64,
-    /// Deliveries held back by their actor's failing target before a first attempt.
+    /// Deliveries held back by their actor's failing target before a first attempt. They count
+    /// towards the samples a comparison needs, not towards the failure rate: while a target
+    /// fails its gate lets only a probe through now and then, so a generation whose target is
+    /// down would otherwise never have the samples to be judged; and while a flaky target's
+    /// gate is shut for a moment, a burst of held deliveries says nothing about either
+    /// generation. The rate itself is judged by its lower bound (see [`lower_bound`]).
     held: AtomicU64,
     latency: [AtomicU64; BUCKETS],
 }
@@ -104,6 +127,11 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// How much traffic this is: its transform calls or its deliveries, whichever is more.
+    pub fn samples(&self) -> u64 {
+        self.transform_calls.max(self.attempts + self.held)
+    }
+
     /// What happened between `earlier` and this snapshot.
     pub fn since(&self, earlier: &Snapshot) -> Snapshot {
         Snapshot {
@@ -140,15 +168,12 @@ impl Snapshot {
 
     pub fn figures(&self) -> Figures {
         let rate = |n: u64, of: u64| if of == 0 { 0.0 } else { n as f64 / of as f64 };
-        // A delivery held back by a failing target counts as a failed attempt: while a target
-        // fails, its gate lets only a probe through now and then.
-        let tried = self.attempts + self.held;
         Figures {
             transform_calls: self.transform_calls,
             transform_error_rate: rate(self.transform_errors, self.transform_calls),
-            attempts: tried,
+            attempts: self.attempts,
             held: self.held,
-            failure_rate: rate(self.failures + self.held, tried),
+            failure_rate: rate(self.failures, self.attempts),
             p99_ms: self.p99().map(|d| d.as_secs_f64() * 1000.0),
         }
     }
@@ -159,10 +184,10 @@ impl Snapshot {
 pub struct Figures {
     pub transform_calls: u64,
     pub transform_error_rate: f64,
-    /// Attempts, and deliveries held back by a failing target before their first attempt.
     pub attempts: u64,
-    /// Of those, the ones held back.
+    /// Deliveries held back by a failing target before their first attempt.
     pub held: u64,
+    /// Of the attempts.
     pub failure_rate: f64,
     pub p99_ms: Option<f64>,
 }
@@ -181,27 +206,32 @@ pub fn compare(previous: &Snapshot, new: &Snapshot, t: &Thresholds) -> Compariso
     let (p, n) = (previous.figures(), new.figures());
     let points = |r: f64| r * 100.0;
     let mut worse = Vec::new();
+    let errors_at_least = lower_bound(new.transform_errors, n.transform_calls);
     if n.transform_calls >= t.min_samples
-        && n.transform_error_rate - p.transform_error_rate > t.max_error_rate_increase
+        && errors_at_least - p.transform_error_rate > t.max_error_rate_increase
     {
         worse.push(format!(
-            "transform error rate {:.1}% ({} of {} calls) against {:.1}% before, more than {:.1} points up",
+            "transform error rate {:.1}% ({} of {} calls, at least {:.1}% at 95% confidence) against {:.1}% before, more than {:.1} points up",
             points(n.transform_error_rate),
             new.transform_errors,
             n.transform_calls,
+            points(errors_at_least),
             points(p.transform_error_rate),
             points(t.max_error_rate_increase)
         ));
     }
-    if n.attempts >= t.min_samples && n.failure_rate - p.failure_rate > t.max_failure_rate_increase
+    let failures_at_least = lower_bound(new.failures, n.attempts);
+    if n.attempts + n.held >= t.min_samples
+        && failures_at_least - p.failure_rate > t.max_failure_rate_increase
     {
         worse.push(format!(
-            "delivery failure rate {:.1}% ({} of {} attempts{}) against {:.1}% before, more than {:.1} points up",
+            "delivery failure rate {:.1}% ({} of {} attempts, at least {:.1}% at 95% confidence{}) against {:.1}% before, more than {:.1} points up",
             points(n.failure_rate),
-            new.failures + new.held,
+            new.failures,
             n.attempts,
+            points(failures_at_least),
             if n.held > 0 {
-                format!(", {} of them held back by the failing target", n.held)
+                format!("; {} more deliveries held back by the failing target", n.held)
             } else {
                 String::new()
             },
@@ -255,6 +285,27 @@ mod tests {
             .unwrap()
             .contains("delivery failure rate 100.0% (30 of 30"));
         assert_eq!(c.previous.failure_rate, 0.01);
+    }
+
+    #[test]
+    fn a_rate_is_judged_by_its_lower_bound_and_held_deliveries_only_add_samples() {
+        let t = Thresholds::default();
+        let flaky = traffic(100, 25, Duration::from_millis(2));
+        let h = Health::default();
+        h.attempt(true, Duration::from_millis(2));
+        for _ in 0..30 {
+            h.held();
+        }
+        // One failed attempt and a crowd waiting at a flaky target: not enough to judge.
+        assert_eq!(compare(&flaky, &h.snapshot(), &t).worse, None);
+        // Every probe to a dead target failing is, soon, against a healthy one.
+        h.attempt(true, Duration::from_millis(2));
+        h.attempt(true, Duration::from_millis(2));
+        let healthy = traffic(100, 0, Duration::from_millis(2));
+        let c = compare(&healthy, &h.snapshot(), &t);
+        assert!(c.worse.unwrap().contains("3 of 3 attempts, at least 43.8%"));
+        assert!((lower_bound(1, 1) - 0.2065).abs() < 1e-3);
+        assert_eq!(lower_bound(0, 0), 0.0);
     }
 
     #[test]

@@ -120,7 +120,7 @@ impl Registry {
             let mut modules = self.lock();
             // Checked again under the lock: another load may have finished meanwhile.
             conflicts(&modules, &generation.spec, None)?;
-            module.current.store(Some(generation.clone()));
+            module.serve(&generation);
             modules.insert(module.name.clone(), module.clone());
         }
         // Entries stored for this module before (by an earlier run) are routed first.
@@ -231,12 +231,21 @@ impl Registry {
                 earlier_force.cancel();
             });
         }
-        super::rollout::abandon(&module);
+        let other = super::rollout::abandon(&module);
         let Some(current) = module.current.swap(None) else {
             return Err(LoadError::NotFound(name.to_owned()));
         };
+        // The other generation of a rollout drains beside the current one; the libraries they
+        // share are reported by the current one's drain.
+        let other = other.map(|g| {
+            let shared: Vec<_> = current.libraries.iter().map(|(_, l)| l.clone()).collect();
+            drain::start(&module, g, &shared, timeout, force).1
+        });
         let (_, finished) = drain::start(&module, current, &[], timeout, force);
         let report = drain::report(finished).await;
+        if let Some(other) = other {
+            drain::report(other).await;
+        }
         if let Some((_, _, earlier_finished)) = earlier {
             drain::report(earlier_finished).await;
         }
@@ -285,10 +294,9 @@ impl Registry {
         previous: Option<Arc<Generation>>,
     ) -> Result<Arc<Generation>, LoadError> {
         let weak: Weak<Module> = Arc::downgrade(module);
-        // Emitted events are routed on a task of their own, never inside the plugin call that
-        // emitted them: a transform that emits from `apply` would otherwise recurse into itself.
         // An emitted event is queued like any other and routed by the dispatcher, never inside
-        // the plugin call that emitted it. It is stored before anything the actor does after
+        // the plugin call that emitted it (a transform that emits from `apply` would otherwise
+        // recurse into itself). It is stored before anything the actor does after
         // emitting (the log keeps the order), so it is not lost with the delivery that made it.
         let emitter: Emitter = Arc::new(move |event| {
             let m = weak.upgrade().ok_or("the module was unloaded")?;
@@ -298,12 +306,7 @@ impl Registry {
         let route_stats = module.route_stats();
         // Numbered per module; a staged generation that is never swapped in uses no number, one
         // that was rolled back keeps its own.
-        let number = previous.as_ref().map_or(1, |p| p.number + 1).max(
-            module
-                .rolled_back
-                .load(std::sync::atomic::Ordering::Relaxed)
-                + 1,
-        );
+        let number = module.numbered.load(std::sync::atomic::Ordering::Relaxed) + 1;
         let dir = module.dir.clone();
         tokio::task::spawn_blocking(move || {
             let ctx = StageCtx {
@@ -389,13 +392,16 @@ fn conflicts(
             spec.name
         )));
     }
+    // Against every generation that serves: a rollout's other one may serve again.
     for other in modules.values().filter(|m| Some(m.name.as_str()) != except) {
-        let Some(g) = other.current() else { continue };
-        if let Some(s) = spec
-            .sources
-            .iter()
-            .find(|s| g.spec.sources.iter().any(|o| o.id == s.id))
-        {
+        for g in other.generations() {
+            let Some(s) = spec
+                .sources
+                .iter()
+                .find(|s| g.spec.sources.iter().any(|o| o.id == s.id))
+            else {
+                continue;
+            };
             return Err(LoadError::Conflict(format!(
                     "source id {:?} is already used by module {:?}; source ids are unique across modules",
                     s.id, other.name

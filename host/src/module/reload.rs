@@ -120,6 +120,15 @@ async fn attempt(
         module: module.name.clone(),
         errors,
     };
+    // A refusal that is not about one file's content: a conflict, or a plugin that would not load.
+    let refused = |e: LoadError| {
+        rejected(vec![ConfigError::new(
+            "orgloop.yaml",
+            None,
+            "",
+            e.to_string(),
+        )])
+    };
     // During a rollout, the new generation is staged beside the one that would win it now; the
     // rollout ends (that way) only once the new generation is good to swap in.
     let Some(old) = rollout::winner(module).or_else(|| module.current()) else {
@@ -150,12 +159,7 @@ async fn attempt(
         )]);
     }
     if let Err(e) = registry.check_conflicts(&spec, Some(&module.name)) {
-        return rejected(vec![ConfigError::new(
-            "orgloop.yaml",
-            None,
-            "",
-            e.to_string(),
-        )]);
+        return refused(e);
     }
 
     // 2–3. Stage beside the current generation.
@@ -165,14 +169,7 @@ async fn attempt(
     {
         Ok(g) => g,
         Err(LoadError::Invalid(errors)) => return rejected(errors),
-        Err(e) => {
-            return rejected(vec![ConfigError::new(
-                "orgloop.yaml",
-                None,
-                "",
-                e.to_string(),
-            )])
-        }
+        Err(e) => return refused(e),
     };
     let plugins = plugin_changes(&old, &staged);
     let rebuilt = |name: &str| plugins.iter().any(|p| p.name == name && p.changed());
@@ -199,7 +196,10 @@ async fn attempt(
     }
 
     // 4. Swap (after ending a rollout and cutting short an older drain: at most two generations
-    // live).
+    // live). Checked first: a reload that is refused changes nothing, a rollout included.
+    if let Err(e) = registry.check_conflicts(&staged.spec, Some(&module.name)) {
+        return refused(e);
+    }
     report.ended_rollout = rollout::end_for(registry, module, &old);
     report.forced_previous_drain = drain::force_current(module).await;
     let policy = opts.rollout(&staged.spec.reload);
@@ -209,14 +209,6 @@ async fn attempt(
         opts.drain_timeout.unwrap_or(staged.spec.drain_timeout)
     };
     if rollout::wanted(&policy) {
-        if let Err(e) = registry.check_conflicts(&staged.spec, Some(&module.name)) {
-            return rejected(vec![ConfigError::new(
-                "orgloop.yaml",
-                None,
-                "",
-                e.to_string(),
-            )]);
-        }
         let swap = Instant::now();
         report.rollout = Some(rollout::begin(
             registry,
@@ -232,16 +224,11 @@ async fn attempt(
         return ReloadOutcome::Swapped(report);
     }
     let swap = Instant::now();
-    let stored = registry.swap_unless_conflict(&staged.spec, &module.name, || {
-        module.current.store(Some(staged.clone()))
-    });
+    // Checked again atomically with the swap: another module may have loaded meanwhile.
+    let stored =
+        registry.swap_unless_conflict(&staged.spec, &module.name, || module.serve(&staged));
     if let Err(e) = stored {
-        return rejected(vec![ConfigError::new(
-            "orgloop.yaml",
-            None,
-            "",
-            e.to_string(),
-        )]);
+        return refused(e);
     }
     registry.rebuild_webhooks();
     registry

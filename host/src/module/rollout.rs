@@ -17,9 +17,14 @@
 //! drains as after any reload. At most two generations exist throughout: a new reload during a
 //! rollout ends it first (promoting or rolling back on the figures so far), and reports that.
 //!
+//! Every transition — the watcher's, a reload's, a rollback by hand, a stop — happens under the
+//! module's lifecycle lock, so they never interleave; the watcher skips its turn while another
+//! holds the lock.
+//!
 //! Only routing follows the canary: webhook sources and pollers are the current generation's,
 //! so a source the new generation adds starts at its promotion.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -103,8 +108,17 @@ pub struct Active {
 }
 
 impl Active {
+    /// The new generation against the previous one: on the same live traffic during a canary;
+    /// when that is too little to compare with (a bake after a full swap leaves the previous
+    /// generation no traffic), against all the traffic the previous generation served.
     fn comparison(&self) -> Comparison {
-        let previous = self.previous.health.snapshot().since(&self.baseline);
+        let lifetime = self.previous.health.snapshot();
+        let live = lifetime.since(&self.baseline);
+        let previous = if live.samples() >= self.policy.thresholds.min_samples {
+            live
+        } else {
+            lifetime
+        };
         compare(
             &previous,
             &self.new.health.snapshot(),
@@ -148,6 +162,7 @@ pub fn begin(
     policy: RolloutPolicy,
     drain_timeout: Duration,
 ) -> RolloutReport {
+    module.numbered.fetch_max(new.number, Ordering::Relaxed);
     let phase = match policy.canary {
         Some(share) => {
             module.canary.store(Some(Arc::new(Canary {
@@ -185,9 +200,11 @@ pub fn begin(
 }
 
 /// Makes `g` the generation that takes every event: routing, webhooks, pollers, queue limit.
+/// The current generation changes before the canary ends, so an event of the canary's share
+/// never goes through the generation a promotion just left behind.
 fn serve(registry: &Registry, module: &Arc<Module>, g: &Arc<Generation>) {
+    module.serve(g);
     module.canary.store(None);
-    module.current.store(Some(g.clone()));
     registry.rebuild_webhooks();
     registry
         .queue
@@ -205,13 +222,17 @@ async fn watch(registry: Weak<Registry>, module: Weak<Module>, stop: Cancellatio
         let (Some(registry), Some(module)) = (registry.upgrade(), module.upgrade()) else {
             return;
         };
+        // A reload, a rollback by hand or a stop is under way: it ends this rollout itself.
+        let Ok(_serial) = module.lifecycle.try_lock() else {
+            continue;
+        };
+        if stop.is_cancelled() || module.stopping.is_cancelled() {
+            return;
+        }
         let mut record = module.record();
         let Some(active) = record.rollout.as_mut() else {
             return;
         };
-        if active.watcher.is_cancelled() {
-            return;
-        }
         let auto = active.policy.auto_rollback;
         if auto {
             if let Some(why) = active.comparison().worse {
@@ -273,9 +294,6 @@ fn roll_back(registry: &Registry, module: &Arc<Module>, why: String) -> Option<R
     let active = module.record().rollout.take()?;
     active.watcher.cancel();
     let report = active.report(Phase::RolledBack, Some(why));
-    module
-        .rolled_back
-        .fetch_max(active.new.number, std::sync::atomic::Ordering::Relaxed);
     serve(registry, module, &active.previous);
     tracing::warn!(module = %module.name, from = active.new.number, to = active.previous.number, "rolled back: {}", report.reason.as_deref().unwrap_or_default());
     finish(module, active, report.clone(), false);
@@ -343,12 +361,29 @@ pub fn roll_back_by_hand(
     })
 }
 
-/// Drops a rollout without a decision (the module stops).
-pub fn abandon(module: &Module) {
+/// Ends a rollout without a decision (the module stops), and returns the generation of the two
+/// that is not the current one, for the stop to drain it too.
+pub fn abandon(module: &Module) -> Option<Arc<Generation>> {
     module.canary.store(None);
-    if let Some(active) = module.record().rollout.take() {
-        active.watcher.cancel();
-    }
+    let active = module.record().rollout.take()?;
+    active.watcher.cancel();
+    let current = module.current();
+    let other = if current.is_some_and(|c| Arc::ptr_eq(&c, &active.new)) {
+        active.previous
+    } else {
+        active.new
+    };
+    Some(other)
+}
+
+/// The generations a rollout in progress keeps loaded (none without one).
+pub fn loaded(module: &Module) -> Vec<Arc<Generation>> {
+    let record = module.record();
+    record
+        .rollout
+        .iter()
+        .flat_map(|a| [a.previous.clone(), a.new.clone()])
+        .collect()
 }
 
 /// The rollout in progress, or the last one.

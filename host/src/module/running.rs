@@ -129,8 +129,9 @@ pub struct Module {
     pub(super) current: ArcSwapOption<Generation>,
     /// During a canary: the new generation and its share of events (see [`super::rollout`]).
     pub(super) canary: ArcSwapOption<super::rollout::Canary>,
-    /// The number of the last generation that was rolled back (a new one is numbered above it).
-    pub(super) rolled_back: AtomicU64,
+    /// The highest number of a generation that served events: a new one is numbered above it,
+    /// so one that was rolled back keeps its number for good.
+    pub(super) numbered: AtomicU64,
     /// The daemon's queue: every event of this module is stored there before it is routed.
     pub queue: Queue,
     /// Deliveries, from their first attempt until delivered or dead-lettered.
@@ -174,7 +175,7 @@ impl Module {
             started: Instant::now(),
             current: ArcSwapOption::empty(),
             canary: ArcSwapOption::empty(),
-            rolled_back: AtomicU64::new(0),
+            numbered: AtomicU64::new(0),
             queue,
             deliveries: TaskTracker::new(),
             stopping: CancellationToken::new(),
@@ -195,7 +196,7 @@ impl Module {
     /// Why the module is not healthy now, if it is not: a transform call past its deadline,
     /// every thread of the module stuck, or a plugin process down or stuck.
     pub fn degraded(&self) -> Option<String> {
-        let processes = self.current().and_then(|g| {
+        let processes = self.generations().iter().find_map(|g| {
             g.libraries
                 .iter()
                 .find_map(|(_, lib)| lib.process()?.status().degraded)
@@ -218,7 +219,6 @@ impl Module {
         })
     }
 
-    /// Whether `g` is still the generation new work goes to.
     /// Why the module stops (a shutdown unless an unload said otherwise).
     pub fn stopping_for(&self) -> Stopping {
         self.stopping_for
@@ -270,7 +270,8 @@ impl Module {
                     return;
                 };
                 // Without a generation (the module is being unloaded) the entry stays stored.
-                if let Some(g) = m.generation_for(entry.event.id()) {
+                let bucket = super::rollout::bucket(entry.event.id());
+                if let Some(g) = m.generation_for(bucket) {
                     dispatch(&m, &g, entry);
                 }
             }
@@ -283,11 +284,29 @@ impl Module {
         self.current.load_full()
     }
 
-    /// The generation the event `id` goes through: the canary's for the ids in its share (the
-    /// same every time for one id), else the current one.
-    pub fn generation_for(&self, id: &str) -> Option<Arc<Generation>> {
+    /// Makes `g` the current generation (the pointer swap of a reload), and numbers the next
+    /// generation above it.
+    pub(super) fn serve(&self, g: &Arc<Generation>) {
+        self.numbered.fetch_max(g.number, Ordering::Relaxed);
+        self.current.store(Some(g.clone()));
+    }
+
+    /// The generations that serve events: the current one, and during a rollout the other one
+    /// it keeps loaded.
+    pub fn generations(&self) -> Vec<Arc<Generation>> {
+        let mut all = super::rollout::loaded(self);
+        if all.is_empty() {
+            all.extend(self.current());
+        }
+        all
+    }
+
+    /// The generation an event goes through, by the [`bucket`](super::rollout::bucket) of the id
+    /// it was stored with: the canary's for the buckets in its share (the same every time for
+    /// one event), else the current one.
+    pub fn generation_for(&self, bucket: u32) -> Option<Arc<Generation>> {
         if let Some(c) = self.canary.load().as_ref() {
-            if super::rollout::bucket(id) < c.share {
+            if bucket < c.share {
                 return Some(c.generation.clone());
             }
         }

@@ -150,14 +150,15 @@ fn wait_for_rollout(client: &Client, name: &str, generation: u64) -> Result<Valu
     loop {
         let m = module_status(client, name)?;
         let r = &m["rollout"];
-        let over = matches!(r["phase"].as_str(), Some("promoted" | "rolled_back"));
-        if r["new_generation"].as_u64() == Some(generation) && over {
-            return Ok(r.clone());
-        }
-        if r["new_generation"].as_u64() != Some(generation) && !r.is_null() && over {
+        if r["new_generation"].as_u64() != Some(generation) {
+            // The status shows another rollout, or none: this one was ended by a later reload,
+            // whose report says how.
             return Err(format!(
-                "another reload replaced generation {generation} during its rollout"
+                "the rollout of generation {generation} was ended by another reload (see its report, or `orgloop module status {name}`)"
             ));
+        }
+        if matches!(r["phase"].as_str(), Some("promoted" | "rolled_back")) {
+            return Ok(r.clone());
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -278,11 +279,19 @@ fn wait_for_drain(
             }
             return Ok(m["last_drain"].clone());
         }
+        let draining = m["draining"].as_array().and_then(|a| {
+            a.iter()
+                .find(|d| d["generation"].as_u64() == Some(generation))
+        });
+        let Some(d) = draining else {
+            // Its drain started before the reload answered: it is over, and a later drain's
+            // report took its place.
+            return Err(format!(
+                "generation {generation} is no longer draining, and a later drain replaced its report"
+            ));
+        };
         if progress {
-            if let Some(d) = m["draining"].as_array().and_then(|a| {
-                a.iter()
-                    .find(|d| d["generation"].as_u64() == Some(generation))
-            }) {
+            {
                 let left = d["drain_timeout_ms"]
                     .as_u64()
                     .unwrap_or(0)
