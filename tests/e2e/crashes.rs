@@ -275,6 +275,50 @@ fn the_plugin_processes_die_with_the_daemon() {
     }
 }
 
+#[test]
+fn a_slow_constructor_in_a_reload_does_not_hold_up_the_calls_of_its_process() {
+    let dir = test_dir("crashes_slow_constructor");
+    let sink = Sink::start();
+    let a = dir.join("a");
+    let entry = format!(
+        "{{name: crashy, path: \"{}\", isolation: process}}",
+        plugin("fixture_crashy").display()
+    );
+    let transform = |ms: u64| {
+        format!(
+            "symbol: crashy::crash\n    timeout_ms: 500\n    config: {{construct_for_ms: {ms}}}"
+        )
+    };
+    module(&a, "a", &sink, &entry, &transform(0));
+    let daemon = Daemon::start(&[&a], &base_env(&dir.join("home")));
+    let pid = process(&daemon.module_status("a"), "crashy")["pid"].clone();
+
+    // A config change only: the new transform is built in the same process, for 2 s, while
+    // the current one goes on serving there with its 500 ms deadline.
+    module(&a, "a", &sink, &entry, &transform(2000));
+    let n = std::thread::scope(|scope| {
+        let reload =
+            scope.spawn(|| daemon.control("POST", "/control/modules/a/reload", Some(&json!({}))));
+        let started = Instant::now();
+        let mut n = 0;
+        while started.elapsed() < Duration::from_millis(1500) {
+            assert_eq!(
+                daemon.post("a-in", &json!({"kind": "note", "n": n})).status,
+                202
+            );
+            n += 1;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let reloaded = reload.join().unwrap();
+        assert_eq!(reloaded.json["outcome"], "swapped", "{}", reloaded.text);
+        n
+    });
+    sink.wait_delivered(&(0..n).collect::<Vec<_>>());
+    let p = process(&daemon.module_status("a"), "crashy");
+    assert_eq!(p["pid"], pid, "the same process: {p:#}");
+    assert_eq!(p["restarts"], 0, "{p:#}");
+}
+
 /// Process `pid` exists and is not a zombie (dead, waiting to be reaped).
 fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {

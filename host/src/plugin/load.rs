@@ -117,6 +117,7 @@ impl Loader {
         if let Some(lib) = loaded.get(&key).and_then(Weak::upgrade) {
             return Ok(lib);
         }
+        loaded.retain(|_, w| w.strong_count() > 0);
         if isolation == Isolation::Process {
             // A child may take seconds to start: other loads must not wait for it meanwhile.
             drop(loaded);
@@ -144,7 +145,6 @@ impl Loader {
         } else {
             stored
         };
-        loaded.retain(|_, w| w.strong_count() > 0);
         let (raw, root, manifest) = open(&stored.path)?;
         let lib = Arc::new(Library::new(
             raw,

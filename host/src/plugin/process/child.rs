@@ -31,12 +31,10 @@ use crate::plugin::{PluginActor, PluginSource, PluginTransform};
 
 /// Threads the child's calls run on.
 const THREADS: usize = 2;
-/// How long a plugin's `emit` waits for the daemon to take the event.
-const EMIT_TIMEOUT: Duration = Duration::from_secs(30);
 
 thread_local! {
-    /// Set on the thread that reads the daemon's frames: an `emit` there (from a constructor or
-    /// a transform) cannot wait for the daemon's answer, which this very thread would read.
+    /// Set on the thread that reads the daemon's frames: an `emit` there (from a transform)
+    /// cannot wait for the daemon's answer, which this very thread would read.
     static READING: Cell<bool> = const { Cell::new(false) };
 }
 
@@ -71,6 +69,8 @@ pub fn run(library: &Path) -> ExitCode {
     let lib = match Library::open_here(library) {
         Ok(lib) => Arc::new(lib),
         Err(error) => {
+            // Also on stderr: for a restart, the daemon shows the last stderr lines.
+            eprintln!("orgloop plugin-host: {error}");
             let _ = out.send(&Up::Refused { error });
             out.close();
             // Give the writer a moment to flush before the process ends.
@@ -93,14 +93,14 @@ pub fn run(library: &Path) -> ExitCode {
     let _ = out.send(&Up::Ready {
         manifest: lib.manifest().clone(),
     });
-    let host = Host {
+    let host = Arc::new(Host {
         lib,
         out,
         http: runtime.block_on(async { HttpClient::default() }),
         objects: Mutex::default(),
         cancels: Arc::default(),
         emits: Arc::default(),
-    };
+    });
     READING.with(|r| r.set(true));
     let mut input = BufReader::with_capacity(64 << 10, input);
     let mut buf = Vec::new();
@@ -162,7 +162,10 @@ struct Emits {
 
 impl Emits {
     /// Sends `event` and waits until the daemon took (or refused) it, as an `emit` in the
-    /// daemon itself does.
+    /// daemon itself does. The daemon answers every one it reads (and stores the event first);
+    /// the answer waits only while this process's reading thread runs a transform — bounded by
+    /// the transform's deadline, past which the daemon kills this process. On the reading
+    /// thread itself the event is sent without waiting, and taken as taken.
     fn emit(
         &self,
         out: &Outbox,
@@ -188,8 +191,8 @@ impl Emits {
         });
         let taken = match sent {
             Ok(()) => rx
-                .recv_timeout(EMIT_TIMEOUT)
-                .unwrap_or_else(|_| Err("the daemon did not take the event in time".into())),
+                .recv()
+                .unwrap_or_else(|_| Err("the daemon did not answer".into())),
             Err(e) => Err(e.to_string()),
         };
         lock(&self.waiting).remove(&call);
@@ -205,7 +208,7 @@ impl Emits {
 
 impl Host {
     fn object(&self, id: u64) -> Option<Object> {
-        let objects = self.objects.lock().unwrap_or_else(|e| e.into_inner());
+        let objects = lock(&self.objects);
         objects.get(&id).map(|o| match o {
             Object::Transform(t) => Object::Transform(t.clone()),
             Object::Actor(a) => Object::Actor(a.clone()),
@@ -227,7 +230,7 @@ impl Host {
         }
     }
 
-    fn handle(&self, msg: Down, rt: &tokio::runtime::Handle) {
+    fn handle(self: &Arc<Self>, msg: Down, rt: &tokio::runtime::Handle) {
         let out = self.out.clone();
         match msg {
             Down::New {
@@ -237,15 +240,18 @@ impl Host {
                 symbol,
                 config,
             } => {
-                let built = self.build(object, kind, &symbol, &config, rt);
-                Self::reply(&out, call, Reply::Built(built));
+                // Off this thread: a slow constructor must not hold up the transforms, pings
+                // and answers behind it. The daemon sends no call to the object before it has
+                // the answer.
+                let host = self.clone();
+                rt.spawn_blocking(move || {
+                    let built = host.build(object, kind, &symbol, &config);
+                    Self::reply(&host.out, call, Reply::Built(built));
+                });
             }
             Down::Emitted { call, taken } => self.emits.answer(call, taken),
             Down::Drop { object } => {
-                self.objects
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&object);
+                lock(&self.objects).remove(&object);
             }
             Down::Apply {
                 call,
@@ -343,7 +349,6 @@ impl Host {
         kind: SymbolKind,
         symbol: &str,
         config: &str,
-        rt: &tokio::runtime::Handle,
     ) -> Result<(), String> {
         // Built once: a daemon that restarted this process sends the objects of the one before
         // again, and a `build` racing that restart may send one a second time.
@@ -365,8 +370,7 @@ impl Host {
                 });
             })),
         };
-        // Constructors may use the host's timer or HTTP client: run them inside the runtime.
-        let _guard = rt.enter();
+        // On a thread of the runtime: constructors may use the host's timer or HTTP client.
         let built = match kind {
             SymbolKind::Transform => self
                 .lib
@@ -381,10 +385,7 @@ impl Host {
                 .new_source(symbol, config, services)
                 .map(|s| Object::Source(Arc::new(s))),
         }?;
-        self.objects
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(object, built);
+        lock(&self.objects).insert(object, built);
         Ok(())
     }
 }

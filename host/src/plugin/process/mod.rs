@@ -14,8 +14,12 @@
 //! plugin's code are the same in either mode.
 
 pub mod child;
+mod heartbeat;
+mod link;
 pub mod outbox;
 pub mod remote;
+mod run;
+mod stderr;
 pub mod supervisor;
 pub mod wire;
 

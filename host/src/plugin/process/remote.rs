@@ -13,6 +13,7 @@ use orgloop_plugin_sdk::{Event, Outcome, Polled, TransformCtx, Verdict};
 
 use super::supervisor::{CallError, Supervisor};
 use super::wire::{self, Down, Reply};
+use crate::module::generation::GRACE;
 use crate::plugin::library::{DeliveryRequest, Failure};
 
 /// An object built in a plugin process; dropping it drops it there.
@@ -71,7 +72,15 @@ impl Remote {
                 r = call.answer() => r,
                 () = cancel.cancelled() => {
                     call.cancel();
-                    call.answer().await
+                    // As in the daemon, a delivery that ignores its cancellation is given up
+                    // after the grace (the child goes on with it, and answers no one).
+                    match tokio::time::timeout(GRACE, call.answer()).await {
+                        Ok(r) => r,
+                        Err(_) => Err(CallError::new(format!(
+                            "the delivery did not end within {} s of its cancellation",
+                            GRACE.as_secs()
+                        ))),
+                    }
                 }
             };
             match reply.map_err(unavailable)? {
