@@ -46,9 +46,10 @@ pub struct Job {
     pub route: String,
     /// The event after the route's transforms.
     pub event: Event,
-    /// The rollout bucket of the event as it was stored: every attempt goes through the
-    /// generation that routed it, even when a transform gave the event a new id.
-    pub bucket: u32,
+    /// The rollout bucket of the event as it was stored, when it was dispatched during a
+    /// canary: every attempt goes through the generation that routed it, even when a transform
+    /// gave the event a new id.
+    pub bucket: Option<u32>,
     pub accepted_ms: i64,
     /// An attempt had started when the daemon died (known for `interrupted: dead_letter` actors).
     pub crashed: bool,
@@ -106,8 +107,9 @@ async fn run(module: Arc<Module>, job: Job) {
         // drains and unloads the old one, and this delivery then goes through the new one.
         let (gate, limit) = (actor.gate.clone(), actor.limit.clone());
         if p.attempts == 0 && !held && gate.is_failing() {
-            // Held back before its first attempt: a failure for a rollout's comparison, which
-            // would otherwise see only the gate's few probes. Once per delivery.
+            // Held back before its first attempt: a sample for a rollout's comparison, which
+            // would otherwise see only the gate's few probes of a dead target. Once per
+            // delivery.
             held = true;
             g.health.held();
         }

@@ -19,9 +19,15 @@ use super::deliver::{start, Job};
 use super::log::{Detail, Phase};
 use super::route::Route;
 
-/// Routes `entry` through `generation`, the module's current one. Routes the entry already
-/// finished before a restart are skipped; a replayed delivery goes to its one route as it is.
-pub fn dispatch(module: &Arc<Module>, generation: &Arc<Generation>, entry: Entry) {
+/// Routes `entry` through `generation` (the module's current one, or a canary's for the entry's
+/// `bucket`, which its deliveries keep). Routes the entry already finished before a restart are
+/// skipped; a replayed delivery goes to its one route as it is.
+pub fn dispatch(
+    module: &Arc<Module>,
+    generation: &Arc<Generation>,
+    entry: Entry,
+    bucket: Option<u32>,
+) {
     let Entry {
         ticket,
         accepted_ms,
@@ -30,7 +36,6 @@ pub fn dispatch(module: &Arc<Module>, generation: &Arc<Generation>, entry: Entry
         started,
         event,
     } = entry;
-    let bucket = crate::module::rollout::bucket(event.id());
     let job = |route: &str, event: Event| Job {
         ticket: ticket.clone(),
         route: route.to_owned(),

@@ -20,6 +20,10 @@ const BUCKETS: usize = 129;
 /// milliseconds more of a fast actor is noise.
 const LATENCY_SLACK: Duration = Duration::from_millis(50);
 
+/// Attempts that all failed, with deliveries held back behind them, that make a dead target:
+/// the one case judged before `min_samples` attempts (see `Health::held`).
+const DEAD_AFTER: u64 = 3;
+
 /// The confidence of a rate's lower bound: 95%.
 const Z: f64 = 1.96;
 
@@ -44,12 +48,12 @@ pub struct Health {
     transform_errors: AtomicU64,
     attempts: AtomicU64,
     failures: AtomicU64,
-    /// Deliveries held back by their actor's failing target before a first attempt. They count
-    /// towards the samples a comparison needs, not towards the failure rate: while a target
-    /// fails its gate lets only a probe through now and then, so a generation whose target is
-    /// down would otherwise never have the samples to be judged; and while a flaky target's
-    /// gate is shut for a moment, a burst of held deliveries says nothing about either
-    /// generation. The rate itself is judged by its lower bound (see [`lower_bound`]).
+    /// Deliveries held back by their actor's failing target before a first attempt. They are
+    /// not failures: while a flaky target's gate is shut for a moment, a burst of held
+    /// deliveries says nothing about either generation. But while a target is down its gate
+    /// lets only a probe through now and then, so a generation whose every attempt failed would
+    /// wait minutes for `min_samples` attempts: [`DEAD_AFTER`] failed attempts with enough held
+    /// deliveries behind them are judged at once.
     held: AtomicU64,
     latency: [AtomicU64; BUCKETS],
 }
@@ -127,9 +131,30 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// How much traffic this is: its transform calls or its deliveries, whichever is more.
-    pub fn samples(&self) -> u64 {
-        self.transform_calls.max(self.attempts + self.held)
+    /// What to compare a new generation with: per figure, `live` (the previous generation on
+    /// the same traffic as the new one) when it has `min` samples of it, else `lifetime` (all
+    /// the previous generation served: after a full swap it gets no live traffic).
+    pub fn baseline(live: Snapshot, lifetime: Snapshot, min: u64) -> Snapshot {
+        let (transforms, deliveries) = (
+            if live.transform_calls >= min {
+                &live
+            } else {
+                &lifetime
+            },
+            if live.attempts >= min {
+                &live
+            } else {
+                &lifetime
+            },
+        );
+        Snapshot {
+            transform_calls: transforms.transform_calls,
+            transform_errors: transforms.transform_errors,
+            attempts: deliveries.attempts,
+            failures: deliveries.failures,
+            held: deliveries.held,
+            latency: deliveries.latency.clone(),
+        }
     }
 
     /// What happened between `earlier` and this snapshot.
@@ -221,7 +246,10 @@ pub fn compare(previous: &Snapshot, new: &Snapshot, t: &Thresholds) -> Compariso
         ));
     }
     let failures_at_least = lower_bound(new.failures, n.attempts);
-    if n.attempts + n.held >= t.min_samples
+    let dead = n.attempts >= DEAD_AFTER
+        && new.failures == n.attempts
+        && n.attempts + n.held >= t.min_samples;
+    if (n.attempts >= t.min_samples || dead)
         && failures_at_least - p.failure_rate > t.max_failure_rate_increase
     {
         worse.push(format!(
@@ -296,13 +324,24 @@ mod tests {
         for _ in 0..30 {
             h.held();
         }
-        // One failed attempt and a crowd waiting at a flaky target: not enough to judge.
-        assert_eq!(compare(&flaky, &h.snapshot(), &t).worse, None);
-        // Every probe to a dead target failing is, soon, against a healthy one.
-        h.attempt(true, Duration::from_millis(2));
-        h.attempt(true, Duration::from_millis(2));
         let healthy = traffic(100, 0, Duration::from_millis(2));
-        let c = compare(&healthy, &h.snapshot(), &t);
+        // One failed attempt and a crowd waiting: a blip, not enough to judge, even against a
+        // target that never failed before.
+        assert_eq!(compare(&healthy, &h.snapshot(), &t).worse, None);
+        assert_eq!(compare(&flaky, &h.snapshot(), &t).worse, None);
+        // One success among three: not a dead target.
+        h.attempt(false, Duration::from_millis(2));
+        h.attempt(true, Duration::from_millis(2));
+        assert_eq!(compare(&healthy, &h.snapshot(), &t).worse, None);
+        // Every probe to a dead target failing is, soon, against a healthy one.
+        let dead = Health::default();
+        for _ in 0..3 {
+            dead.attempt(true, Duration::from_millis(2));
+        }
+        for _ in 0..30 {
+            dead.held();
+        }
+        let c = compare(&healthy, &dead.snapshot(), &t);
         assert!(c.worse.unwrap().contains("3 of 3 attempts, at least 43.8%"));
         assert!((lower_bound(1, 1) - 0.2065).abs() < 1e-3);
         assert_eq!(lower_bound(0, 0), 0.0);

@@ -242,9 +242,12 @@ impl Registry {
             drain::start(&module, g, &shared, timeout, force).1
         });
         let (_, finished) = drain::start(&module, current, &[], timeout, force);
-        let report = drain::report(finished).await;
-        if let Some(other) = other {
-            drain::report(other).await;
+        let mut report = drain::report(finished).await;
+        if let (Some(report), Some(other)) = (&mut report, other) {
+            if let Some(other) = drain::report(other).await {
+                report.cancelled += other.cancelled;
+                report.libraries.extend(other.libraries);
+            }
         }
         if let Some((_, _, earlier_finished)) = earlier {
             drain::report(earlier_finished).await;

@@ -130,14 +130,17 @@ async fn attempt(
         )])
     };
     // During a rollout, the new generation is staged beside the one that would win it now; the
-    // rollout ends (that way) only once the new generation is good to swap in.
-    let Some(old) = rollout::winner(module).or_else(|| module.current()) else {
-        return rejected(vec![ConfigError::new(
+    // rollout ends, on the figures of that moment, only once the new one is good to swap in.
+    let unloading = || {
+        rejected(vec![ConfigError::new(
             &module.dir,
             None,
             "",
             "the module is being unloaded",
-        )]);
+        )])
+    };
+    let Some(base) = rollout::winner(module).or_else(|| module.current()) else {
+        return unloading();
     };
     let started = Instant::now();
 
@@ -164,20 +167,18 @@ async fn attempt(
 
     // 2–3. Stage beside the current generation.
     let staged = match registry
-        .stage(module, Arc::new(spec), Some(old.clone()))
+        .stage(module, Arc::new(spec), Some(base.clone()))
         .await
     {
         Ok(g) => g,
         Err(LoadError::Invalid(errors)) => return rejected(errors),
         Err(e) => return refused(e),
     };
-    let plugins = plugin_changes(&old, &staged);
-    let rebuilt = |name: &str| plugins.iter().any(|p| p.name == name && p.changed());
-    let diff = ConfigDiff::between(&old.spec, &staged.spec, rebuilt);
+    let (plugins, diff) = changes(&base, &staged);
     let mut report = ReloadReport {
         module: module.name.clone(),
-        from_generation: old.number,
-        to_generation: old.number,
+        from_generation: base.number,
+        to_generation: base.number,
         stage_ms: started.elapsed().as_secs_f64() * 1000.0,
         swap_us: 0.0,
         draining: None,
@@ -200,7 +201,15 @@ async fn attempt(
     if let Err(e) = registry.check_conflicts(&staged.spec, Some(&module.name)) {
         return refused(e);
     }
-    report.ended_rollout = rollout::end_for(registry, module, &old);
+    report.ended_rollout = rollout::end(registry, module);
+    let Some(old) = module.current() else {
+        return unloading();
+    };
+    if !Arc::ptr_eq(&old, &base) {
+        // The rollout ended the other way than it looked while this one was staged.
+        (report.plugins, report.diff) = changes(&old, &staged);
+        report.from_generation = old.number;
+    }
     report.forced_previous_drain = drain::force_current(module).await;
     let policy = opts.rollout(&staged.spec.reload);
     let timeout = if opts.force {
@@ -210,14 +219,11 @@ async fn attempt(
     };
     if rollout::wanted(&policy) {
         let swap = Instant::now();
-        report.rollout = Some(rollout::begin(
-            registry,
-            module,
-            old,
-            staged.clone(),
-            policy,
-            timeout,
-        ));
+        let begun = rollout::begin(registry, module, old, staged.clone(), policy, timeout);
+        report.rollout = Some(match begun {
+            Ok(r) => r,
+            Err(e) => return refused(e),
+        });
         report.swap_us = swap.elapsed().as_secs_f64() * 1e6;
         report.to_generation = staged.number;
         tracing::info!(module = %module.name, from = report.from_generation, to = report.to_generation, stage_ms = report.stage_ms, "module reloaded with a rollout");
@@ -230,11 +236,7 @@ async fn attempt(
     if let Err(e) = stored {
         return refused(e);
     }
-    registry.rebuild_webhooks();
-    registry
-        .queue
-        .set_limit(&module.name, staged.spec.max_queue_bytes);
-    module.pollers.reconcile(module, &staged);
+    rollout::settle(registry, module, &staged);
     report.swap_us = swap.elapsed().as_secs_f64() * 1e6;
     report.to_generation = staged.number;
 
@@ -270,6 +272,14 @@ fn count(module: &str, outcome: &ReloadOutcome) {
         result,
     };
     m.reloads.get_or_create(&labels).inc();
+}
+
+/// What changes from `old` to `new`: plugin builds and configuration.
+fn changes(old: &super::Generation, new: &super::Generation) -> (Vec<PluginChange>, ConfigDiff) {
+    let plugins = plugin_changes(old, new);
+    let rebuilt = |name: &str| plugins.iter().any(|p| p.name == name && p.changed());
+    let diff = ConfigDiff::between(&old.spec, &new.spec, rebuilt);
+    (plugins, diff)
 }
 
 /// Each plugin of either generation, with its build before and after.

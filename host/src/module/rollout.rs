@@ -4,13 +4,15 @@
 //! A reload with a rollout keeps the previous generation loaded instead of draining it at once:
 //!
 //! - **canary** (`--canary 10%`): the new generation gets that share of new events, chosen by a
-//!   stable hash of the event id ([`bucket`]), so every attempt of one event — its retries too —
-//!   goes through the same generation; the rest stay on the previous one. After `canary_for` the
+//!   stable hash of the event id ([`bucket`]), so every attempt of one event dispatched during
+//!   the canary — its retries too — goes through the same generation; the rest stay on the
+//!   previous one. After `canary_for` the
 //!   new generation gets every event.
 //! - **bake** (`--auto-rollback`, `--bake 30s`): after the full swap, the comparison goes on.
 //!
 //! With `auto_rollback`, a task compares the two generations every 50 ms (`EVERY`) on their live
-//! traffic ([`super::health`]); when the new one does worse beyond the thresholds it swaps back at
+//! traffic, or for the previous one on what it served before when it gets too little
+//! ([`super::health`]); when the new one does worse beyond the thresholds it swaps back at
 //! once — one pointer — and drains the new one, saying why with the figures of both. Deliveries
 //! the new generation failed are retried (durable delivery) and, after the swap back, go through
 //! the previous generation. Otherwise the new generation is promoted and the previous one
@@ -34,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use super::drain;
 use super::generation::Generation;
 use super::health::{compare, Comparison, Snapshot};
-use super::registry::Registry;
+use super::registry::{LoadError, Registry};
 use super::running::Module;
 use crate::config::spec::RolloutPolicy;
 
@@ -86,7 +88,8 @@ pub struct RolloutReport {
     /// How long the current phase lasts, from its start.
     pub phase_ms: Option<u64>,
     pub elapsed_ms: u64,
-    /// The two generations on the traffic since the rollout began (with `auto_rollback`).
+    /// The two generations' figures, as compared (with `auto_rollback`; see
+    /// `Active::comparison`).
     pub comparison: Option<Comparison>,
     /// Why it ended as it did.
     pub reason: Option<String>,
@@ -109,16 +112,12 @@ pub struct Active {
 
 impl Active {
     /// The new generation against the previous one: on the same live traffic during a canary;
-    /// when that is too little to compare with (a bake after a full swap leaves the previous
-    /// generation no traffic), against all the traffic the previous generation served.
+    /// per figure, when that is too little to compare with (a bake after a full swap leaves the
+    /// previous generation no traffic), against all the traffic the previous generation served.
     fn comparison(&self) -> Comparison {
         let lifetime = self.previous.health.snapshot();
         let live = lifetime.since(&self.baseline);
-        let previous = if live.samples() >= self.policy.thresholds.min_samples {
-            live
-        } else {
-            lifetime
-        };
+        let previous = Snapshot::baseline(live, lifetime, self.policy.thresholds.min_samples);
         compare(
             &previous,
             &self.new.health.snapshot(),
@@ -153,7 +152,8 @@ pub fn wanted(policy: &RolloutPolicy) -> bool {
 
 /// Starts a rollout from `previous` (the current generation) to `new`, which is staged and
 /// checked. With a canary, `new` gets its share at once; without one, it takes every event now
-/// and bakes.
+/// and bakes. Refused, changing nothing, when another module took one of `new`'s source ids
+/// meanwhile: checked atomically with the pointer change.
 pub fn begin(
     registry: &Arc<Registry>,
     module: &Arc<Module>,
@@ -161,20 +161,22 @@ pub fn begin(
     new: Arc<Generation>,
     policy: RolloutPolicy,
     drain_timeout: Duration,
-) -> RolloutReport {
-    module.numbered.fetch_max(new.number, Ordering::Relaxed);
-    let phase = match policy.canary {
+) -> Result<RolloutReport, LoadError> {
+    registry.swap_unless_conflict(&new.spec, &module.name, || match policy.canary {
         Some(share) => {
+            module.numbered.fetch_max(new.number, Ordering::Relaxed);
             module.canary.store(Some(Arc::new(Canary {
                 generation: new.clone(),
                 share,
             })));
-            Phase::Canary
         }
-        None => {
-            serve(registry, module, &new);
-            Phase::Baking
-        }
+        None => module.serve(&new),
+    })?;
+    let phase = if policy.canary.is_some() {
+        Phase::Canary
+    } else {
+        settle(registry, module, &new);
+        Phase::Baking
     };
     let watcher = CancellationToken::new();
     let active = Active {
@@ -196,7 +198,7 @@ pub fn begin(
         Arc::downgrade(module),
         watcher,
     ));
-    report
+    Ok(report)
 }
 
 /// Makes `g` the generation that takes every event: routing, webhooks, pollers, queue limit.
@@ -205,6 +207,12 @@ pub fn begin(
 fn serve(registry: &Registry, module: &Arc<Module>, g: &Arc<Generation>) {
     module.serve(g);
     module.canary.store(None);
+    settle(registry, module, g);
+}
+
+/// What follows a change of the generation that takes every event: its webhooks, its queue
+/// limit, its pollers.
+pub(super) fn settle(registry: &Registry, module: &Arc<Module>, g: &Arc<Generation>) {
     registry.rebuild_webhooks();
     registry
         .queue
@@ -279,9 +287,12 @@ async fn watch(registry: Weak<Registry>, module: Weak<Module>, stop: Cancellatio
 
 /// Ends the rollout for the new generation: it takes every event and the previous one drains.
 fn promote(registry: &Registry, module: &Arc<Module>, why: String) -> Option<RolloutReport> {
+    // Served before the rollout is taken out of the record: until then the record keeps both
+    // generations' source ids reserved (see `Module::generations`).
+    let new = module.record().rollout.as_ref()?.new.clone();
+    serve(registry, module, &new);
     let active = module.record().rollout.take()?;
     active.watcher.cancel();
-    serve(registry, module, &active.new);
     let report = active.report(Phase::Promoted, Some(why));
     tracing::info!(module = %module.name, generation = active.new.number, "rollout promoted: {}", report.reason.as_deref().unwrap_or_default());
     finish(module, active, report.clone(), true);
@@ -291,10 +302,11 @@ fn promote(registry: &Registry, module: &Arc<Module>, why: String) -> Option<Rol
 /// Ends the rollout for the previous generation: it takes every event again and the new one
 /// drains.
 fn roll_back(registry: &Registry, module: &Arc<Module>, why: String) -> Option<RolloutReport> {
+    let previous = module.record().rollout.as_ref()?.previous.clone();
+    serve(registry, module, &previous);
     let active = module.record().rollout.take()?;
     active.watcher.cancel();
     let report = active.report(Phase::RolledBack, Some(why));
-    serve(registry, module, &active.previous);
     tracing::warn!(module = %module.name, from = active.new.number, to = active.previous.number, "rolled back: {}", report.reason.as_deref().unwrap_or_default());
     finish(module, active, report.clone(), false);
     Some(report)
@@ -313,7 +325,8 @@ fn finish(module: &Arc<Module>, active: Active, report: RolloutReport, promoted:
     module.record().last_rollout = Some(report);
 }
 
-/// The generation a rollout in progress would leave serving if it ended now.
+/// The generation a rollout in progress would leave serving if it ended now: the one a new
+/// reload is staged against (it ends the rollout afresh once staged, see [`end`]).
 pub fn winner(module: &Module) -> Option<Arc<Generation>> {
     let record = module.record();
     let active = record.rollout.as_ref()?;
@@ -325,29 +338,28 @@ pub fn winner(module: &Module) -> Option<Arc<Generation>> {
     })
 }
 
-/// Ends the rollout in progress so that `winner` serves: for a new reload, which must not
-/// make a third generation.
-pub fn end_for(
-    registry: &Registry,
-    module: &Arc<Module>,
-    winner: &Arc<Generation>,
-) -> Option<RolloutReport> {
-    let promoted = {
+/// Ends the rollout in progress, if there is one, on the figures of this moment (promoting it,
+/// or rolling it back when it does worse): for a new reload, which must not make a third
+/// generation.
+pub fn end(registry: &Registry, module: &Arc<Module>) -> Option<RolloutReport> {
+    let worse = {
         let record = module.record();
-        Arc::ptr_eq(&record.rollout.as_ref()?.new, winner)
+        let active = record.rollout.as_ref()?;
+        if active.policy.auto_rollback {
+            active.comparison().worse
+        } else {
+            None
+        }
     };
-    if promoted {
-        promote(registry, module, "a new reload ended the rollout".into())
-    } else {
-        let why = match module.record().rollout.as_ref().map(Active::comparison) {
-            Some(Comparison {
-                worse: Some(why), ..
-            }) => format!(
+    match worse {
+        None => promote(registry, module, "a new reload ended the rollout".into()),
+        Some(why) => roll_back(
+            registry,
+            module,
+            format!(
                 "a new reload ended the rollout, and the new generation was doing worse: {why}"
             ),
-            _ => "a new reload ended the rollout".into(),
-        };
-        roll_back(registry, module, why)
+        ),
     }
 }
 

@@ -270,9 +270,9 @@ impl Module {
                     return;
                 };
                 // Without a generation (the module is being unloaded) the entry stays stored.
-                let bucket = super::rollout::bucket(entry.event.id());
+                let bucket = m.canary_bucket(entry.event.id());
                 if let Some(g) = m.generation_for(bucket) {
-                    dispatch(&m, &g, entry);
+                    dispatch(&m, &g, entry, bucket);
                 }
             }
         });
@@ -291,22 +291,37 @@ impl Module {
         self.current.store(Some(g.clone()));
     }
 
-    /// The generations that serve events: the current one, and during a rollout the other one
-    /// it keeps loaded.
+    /// The generations that serve events or may again: the current one, a canary's, and the
+    /// two a rollout keeps loaded (also while a rollout begins or ends, when one of these is
+    /// already or still set and the other not yet or no more).
     pub fn generations(&self) -> Vec<Arc<Generation>> {
         let mut all = super::rollout::loaded(self);
-        if all.is_empty() {
-            all.extend(self.current());
+        all.extend(self.current());
+        all.extend(self.canary.load().as_ref().map(|c| c.generation.clone()));
+        let mut unique: Vec<Arc<Generation>> = Vec::with_capacity(all.len());
+        for g in all {
+            if !unique.iter().any(|u| Arc::ptr_eq(u, &g)) {
+                unique.push(g);
+            }
         }
-        all
+        unique
     }
 
-    /// The generation an event goes through, by the [`bucket`](super::rollout::bucket) of the id
-    /// it was stored with: the canary's for the buckets in its share (the same every time for
-    /// one event), else the current one.
-    pub fn generation_for(&self, bucket: u32) -> Option<Arc<Generation>> {
-        if let Some(c) = self.canary.load().as_ref() {
-            if bucket < c.share {
+    /// The rollout bucket of an event being dispatched, while a canary runs: its deliveries
+    /// follow it (see [`generation_for`](Self::generation_for)). `None` otherwise, so that an
+    /// event routed before a canary never joins one halfway through its retries.
+    pub fn canary_bucket(&self, event_id: &str) -> Option<u32> {
+        self.canary
+            .load()
+            .as_ref()
+            .map(|_| super::rollout::bucket(event_id))
+    }
+
+    /// The generation an event goes through: the canary's for an event dispatched during it in
+    /// its share (the same every time for one event), else the current one.
+    pub fn generation_for(&self, bucket: Option<u32>) -> Option<Arc<Generation>> {
+        if let (Some(c), Some(b)) = (self.canary.load().as_ref(), bucket) {
+            if b < c.share {
                 return Some(c.generation.clone());
             }
         }

@@ -150,9 +150,13 @@ fn wait_for_rollout(client: &Client, name: &str, generation: u64) -> Result<Valu
     loop {
         let m = module_status(client, name)?;
         let r = &m["rollout"];
+        if r.is_null() {
+            return Err(format!(
+                "module {name} has no rollout any more: it was unloaded, or the daemon restarted"
+            ));
+        }
         if r["new_generation"].as_u64() != Some(generation) {
-            // The status shows another rollout, or none: this one was ended by a later reload,
-            // whose report says how.
+            // Another rollout began: it ended this one first, and its reload's report says how.
             return Err(format!(
                 "the rollout of generation {generation} was ended by another reload (see its report, or `orgloop module status {name}`)"
             ));
@@ -291,14 +295,12 @@ fn wait_for_drain(
             ));
         };
         if progress {
-            {
-                let left = d["drain_timeout_ms"]
-                    .as_u64()
-                    .unwrap_or(0)
-                    .saturating_sub(d["elapsed_ms"].as_u64().unwrap_or(0));
-                eprint!("\r\x1b[K  draining generation {generation}: {} in flight, {:.0} s before the drain timeout", d["inflight"], left as f64 / 1000.0);
-                let _ = std::io::stderr().flush();
-            }
+            let left = d["drain_timeout_ms"]
+                .as_u64()
+                .unwrap_or(0)
+                .saturating_sub(d["elapsed_ms"].as_u64().unwrap_or(0));
+            eprint!("\r\x1b[K  draining generation {generation}: {} in flight, {:.0} s before the drain timeout", d["inflight"], left as f64 / 1000.0);
+            let _ = std::io::stderr().flush();
         }
         std::thread::sleep(Duration::from_millis(200));
     }
