@@ -24,6 +24,7 @@ use abi_stable::sabi_trait::TD_Opaque;
 use async_ffi::{FfiFuture, FutureExt};
 use orgloop_plugin_sdk::abi::{CancelBox, CancelSignal, CancelSignal_TO};
 use orgloop_plugin_sdk::{format_timestamp, Event, Outcome};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::raw::Interrupted;
@@ -34,7 +35,7 @@ use crate::plugin::library::{DeliveryRequest, Failure};
 use crate::queue::dead::DeadLetter;
 use crate::queue::Ticket;
 
-use super::gate::Health;
+use super::gate::{Health, Pass};
 use super::interpolate::interpolate;
 use super::log::{Detail, Phase};
 use super::retry::{delay, exhausted};
@@ -63,6 +64,14 @@ pub fn start(module: &Arc<Module>, job: Job) {
         .spawn_on(run(m, job), module.executor.handle());
 }
 
+/// How waiting for the actor's gate and limit ended.
+enum Admitted {
+    Yes(Pass, OwnedSemaphorePermit),
+    /// The generations changed: resolve again.
+    Swapped,
+    Stopping,
+}
+
 /// How one attempt ended.
 enum Attempted {
     Delivered,
@@ -86,6 +95,7 @@ async fn run(module: Arc<Module>, job: Job) {
     };
     let mut held = false;
     loop {
+        let mut swaps = module.swaps();
         let Some(g) = module.generation_for(job.bucket) else {
             return stopped(&module, &job, &p).await;
         };
@@ -104,7 +114,8 @@ async fn run(module: Arc<Module>, job: Job) {
         }
         let stats = module.actor_stats(&actor_id);
         // Waiting holds only the actor's gate and limit, not its generation: a reload meanwhile
-        // drains and unloads the old one, and this delivery then goes through the new one.
+        // drains and unloads the old one, and this delivery then goes through the new one —
+        // at once, not at the old gate's next probe (a rollback away from a dead target).
         let (gate, limit) = (actor.gate.clone(), actor.limit.clone());
         if p.attempts == 0 && !held && gate.is_failing() {
             // Held back before its first attempt: a sample for a rollout's comparison, which
@@ -123,12 +134,15 @@ async fn run(module: Arc<Module>, job: Job) {
             };
             tokio::select! {
                 biased;
-                _ = module.stopping.cancelled() => None,
-                a = admit => a,
+                _ = module.stopping.cancelled() => Admitted::Stopping,
+                _ = swaps.changed() => Admitted::Swapped,
+                a = admit => a.map_or(Admitted::Stopping, |(pass, permit)| Admitted::Yes(pass, permit)),
             }
         };
-        let Some((pass, permit)) = admitted else {
-            return stopped(&module, &job, &p).await;
+        let (pass, permit) = match admitted {
+            Admitted::Yes(pass, permit) => (pass, permit),
+            Admitted::Swapped => continue,
+            Admitted::Stopping => return stopped(&module, &job, &p).await,
         };
         let Some((g, i, actor)) = module.generation_for(job.bucket).and_then(|g| {
             let i = g.route_index(&job.route)?;

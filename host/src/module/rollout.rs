@@ -26,7 +26,6 @@
 //! Only routing follows the canary: webhook sources and pollers are the current generation's,
 //! so a source the new generation adds starts at its promotion.
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -163,13 +162,10 @@ pub fn begin(
     drain_timeout: Duration,
 ) -> Result<RolloutReport, LoadError> {
     registry.swap_unless_conflict(&new.spec, &module.name, || match policy.canary {
-        Some(share) => {
-            module.numbered.fetch_max(new.number, Ordering::Relaxed);
-            module.canary.store(Some(Arc::new(Canary {
-                generation: new.clone(),
-                share,
-            })));
-        }
+        Some(share) => module.set_canary(Some(Canary {
+            generation: new.clone(),
+            share,
+        })),
         None => module.serve(&new),
     })?;
     let phase = if policy.canary.is_some() {
@@ -206,7 +202,7 @@ pub fn begin(
 /// never goes through the generation a promotion just left behind.
 fn serve(registry: &Registry, module: &Arc<Module>, g: &Arc<Generation>) {
     module.serve(g);
-    module.canary.store(None);
+    module.set_canary(None);
     settle(registry, module, g);
 }
 
@@ -376,7 +372,7 @@ pub fn roll_back_by_hand(
 /// Ends a rollout without a decision (the module stops), and returns the generation of the two
 /// that is not the current one, for the stop to drain it too.
 pub fn abandon(module: &Module) -> Option<Arc<Generation>> {
-    module.canary.store(None);
+    module.set_canary(None);
     let active = module.record().rollout.take()?;
     active.watcher.cancel();
     let current = module.current();

@@ -128,7 +128,10 @@ pub struct Module {
     pub started: Instant,
     pub(super) current: ArcSwapOption<Generation>,
     /// During a canary: the new generation and its share of events (see [`super::rollout`]).
-    pub(super) canary: ArcSwapOption<super::rollout::Canary>,
+    canary: ArcSwapOption<super::rollout::Canary>,
+    /// Counts the changes of `current` and `canary`: a delivery waiting for a failing actor's
+    /// gate wakes up at one, since the generation it should go through may have changed.
+    swaps: tokio::sync::watch::Sender<u64>,
     /// The highest number of a generation that served events: a new one is numbered above it,
     /// so one that was rolled back keeps its number for good.
     pub(super) numbered: AtomicU64,
@@ -175,6 +178,7 @@ impl Module {
             started: Instant::now(),
             current: ArcSwapOption::empty(),
             canary: ArcSwapOption::empty(),
+            swaps: tokio::sync::watch::Sender::new(0),
             numbered: AtomicU64::new(0),
             queue,
             deliveries: TaskTracker::new(),
@@ -289,6 +293,24 @@ impl Module {
     pub(super) fn serve(&self, g: &Arc<Generation>) {
         self.numbered.fetch_max(g.number, Ordering::Relaxed);
         self.current.store(Some(g.clone()));
+        self.swaps.send_modify(|n| *n += 1);
+    }
+
+    /// Starts or ends a canary (see [`super::rollout`]); a new one numbers the next generation
+    /// above its own.
+    pub(super) fn set_canary(&self, canary: Option<super::rollout::Canary>) {
+        if let Some(c) = &canary {
+            self.numbered
+                .fetch_max(c.generation.number, Ordering::Relaxed);
+        }
+        self.canary.store(canary.map(Arc::new));
+        self.swaps.send_modify(|n| *n += 1);
+    }
+
+    /// Changes when the generation events go through may have: see [`Module::serve`] and
+    /// [`Module::set_canary`].
+    pub fn swaps(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.swaps.subscribe()
     }
 
     /// The generations that serve events or may again: the current one, a canary's, and the
