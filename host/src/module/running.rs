@@ -307,8 +307,8 @@ impl Module {
         self.swaps.send_modify(|n| *n += 1);
     }
 
-    /// Changes when the generation events go through may have: see [`Module::serve`] and
-    /// [`Module::set_canary`].
+    /// Changes when the generation events go through may have (a swap, a canary's start or
+    /// end).
     pub fn swaps(&self) -> tokio::sync::watch::Receiver<u64> {
         self.swaps.subscribe()
     }
