@@ -372,6 +372,7 @@ fn load_module(rt: &Runtime, dir: &Path, routes: usize) -> (Arc<Registry>, Arc<M
         dir: dir.join("data"),
         max_bytes: u64::MAX,
         segment_bytes: 32 << 20,
+        cluster: None,
     })
     .unwrap();
     let registry = Arc::new(Registry::new(

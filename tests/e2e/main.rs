@@ -6,10 +6,12 @@
 pub const ISOLATION: &str = "in_process";
 
 mod harness;
+mod nats;
 mod swap;
 
 mod bad_input;
 mod churn;
+mod cluster;
 mod control;
 mod crashes;
 mod drain;

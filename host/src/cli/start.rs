@@ -22,6 +22,7 @@ use crate::module::report::ReloadOutcome;
 use crate::module::{LoadError, Registry, ReloadOptions};
 use crate::plugin::store::PluginStore;
 use crate::plugin::Loader;
+use crate::queue::cluster::{Cluster, ClusterOptions};
 use crate::queue::{Durability, Options as QueueOptions, Queue};
 
 /// Size at which the event log starts a new segment file.
@@ -73,6 +74,37 @@ pub struct StartArgs {
     /// crashing plugin cannot take the daemon down).
     #[arg(long, env = "ORGLOOP_ISOLATION", default_value = "in_process")]
     pub isolation: Isolation,
+    /// Join a cluster: share the events of the modules with every daemon connected to this
+    /// NATS JetStream server (`nats://HOST:PORT`) under the same --cluster-name. Without it, the
+    /// embedded store keeps the events.
+    #[arg(long, env = "ORGLOOP_CLUSTER")]
+    pub cluster: Option<String>,
+    /// Names the cluster's stream, subjects and consumers.
+    #[arg(long, env = "ORGLOOP_CLUSTER_NAME", default_value = "orgloop", value_parser = parse_cluster_name)]
+    pub cluster_name: String,
+    /// JetStream replicas of the stream when this daemon creates it (3 on a 3-server NATS
+    /// cluster, so that the loss of one server loses nothing).
+    #[arg(long, env = "ORGLOOP_CLUSTER_REPLICAS", default_value_t = 1)]
+    pub cluster_replicas: usize,
+    /// How long a daemon may hold an event without a sign of life before JetStream gives it to
+    /// another (after a crash); a daemon alive renews it every third of this.
+    #[arg(long, env = "ORGLOOP_CLUSTER_ACK_WAIT", default_value = "30s", value_parser = parse_duration)]
+    pub cluster_ack_wait: Duration,
+}
+
+/// A cluster name is part of stream, subject and consumer names: letters, digits, `-`, `_`.
+fn parse_cluster_name(text: &str) -> Result<String, String> {
+    let ok = !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "{text:?}: a cluster name has letters, digits, '-' and '_' only"
+        ))
+    }
 }
 
 pub fn run(args: StartArgs) -> ExitCode {
@@ -142,6 +174,26 @@ async fn listen(port: u16) -> std::io::Result<TcpListener> {
 async fn daemon(args: StartArgs, listener: TcpListener) -> u8 {
     let started = Instant::now();
     crate::home::clean_stale_runs();
+    let cluster = match &args.cluster {
+        None => None,
+        Some(url) => {
+            let joined = Cluster::join(ClusterOptions {
+                url: url.clone(),
+                name: args.cluster_name.clone(),
+                replicas: args.cluster_replicas,
+                ack_wait: args.cluster_ack_wait,
+                max_bytes: args.max_store_bytes,
+            })
+            .await;
+            match joined {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return exit::FAILURE;
+                }
+            }
+        }
+    };
     let queue = match Queue::open(&QueueOptions {
         durability: args.durability,
         dir: args
@@ -150,6 +202,7 @@ async fn daemon(args: StartArgs, listener: TcpListener) -> u8 {
             .unwrap_or_else(|| crate::home::home().join("data")),
         max_bytes: args.max_store_bytes,
         segment_bytes: SEGMENT_BYTES,
+        cluster,
     }) {
         Ok(q) => q,
         Err(e) => {

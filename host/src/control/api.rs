@@ -86,6 +86,7 @@ pub async fn status(State(app): State<AppState>) -> Json<Value> {
         "http_port": app.port,
         "version": env!("CARGO_PKG_VERSION"),
         "durability": app.registry.queue.durability,
+        "cluster": app.registry.queue.cluster(),
         "modules": modules,
         "sources": sources,
     }))

@@ -15,6 +15,7 @@
 //!
 //! [`dead`] holds the dead letters; [`record`] is the log's format.
 
+pub mod cluster;
 pub mod dead;
 pub mod log;
 pub mod record;
@@ -29,6 +30,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use orgloop_plugin_sdk::Event;
 use tokio::sync::{mpsc, oneshot};
 
+use self::cluster::Cluster;
 use self::dead::DeadLetters;
 use self::log::{Log, Op};
 use self::record::{encode, Put, Record};
@@ -54,6 +56,8 @@ pub struct Options {
     pub max_bytes: u64,
     /// Size at which the log starts a new segment file.
     pub segment_bytes: u64,
+    /// Cluster mode: the cluster's stream takes the place of the local log (see [`cluster`]).
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 /// Why an entry was not accepted.
@@ -196,7 +200,9 @@ impl Drop for TicketInner {
             self.bytes,
             self.counted.load(Ordering::Acquire),
         );
-        if done {
+        if let Some(cluster) = &q.cluster {
+            cluster.finish(self.seq, done);
+        } else if done {
             q.send(Op::Done { seq: self.seq });
         } else {
             q.unfinished.fetch_add(1, Ordering::Relaxed);
@@ -228,8 +234,9 @@ impl Lane {
 }
 
 struct Shared {
-    /// `None` with `durability: memory`.
+    /// `None` with `durability: memory`, and in cluster mode.
     log: Option<Log>,
+    cluster: Option<Arc<Cluster>>,
     next_seq: AtomicU64,
     max_total: u64,
     used_total: AtomicU64,
@@ -263,6 +270,15 @@ impl Shared {
             None => done(),
         }
         rx
+    }
+
+    /// Counts an entry taken from the cluster's stream, for `module status` and the limits.
+    fn track(&self, module: &str, seq: u64, accepted_ms: i64, bytes: u64) {
+        let mut lanes = self.lanes();
+        let lane = lanes.entry(module.to_owned()).or_insert_with(Lane::new);
+        lane.used += bytes;
+        lane.waiting.insert(seq, accepted_ms);
+        self.used_total.fetch_add(bytes, Ordering::Relaxed);
     }
 
     fn release(&self, module: &str, seq: u64, bytes: u64, counted: bool) {
@@ -317,6 +333,13 @@ impl Queue {
     pub fn open(opts: &Options) -> io::Result<Queue> {
         let (log, dead, lock, recovered) = match opts.durability {
             Durability::Memory => (None, DeadLetters::memory(), None, None),
+            // The stream keeps the events; the dead letters stay on this node's disk.
+            Durability::Disk if opts.cluster.is_some() => {
+                std::fs::create_dir_all(&opts.dir)?;
+                let lock = lock_dir(&opts.dir)?;
+                let dead = DeadLetters::open(opts.dir.join("dead"))?;
+                (None, dead, Some(lock), None)
+            }
             Durability::Disk => {
                 std::fs::create_dir_all(&opts.dir)?;
                 let lock = lock_dir(&opts.dir)?;
@@ -327,6 +350,7 @@ impl Queue {
         };
         let shared = Arc::new(Shared {
             log,
+            cluster: opts.cluster.clone(),
             next_seq: AtomicU64::new(recovered.as_ref().map_or(1, |r| r.next_seq)),
             max_total: opts.max_bytes,
             used_total: AtomicU64::new(0),
@@ -368,6 +392,18 @@ impl Queue {
         event: Event,
     ) -> Result<Stored, Refused> {
         let accepted_ms = crate::module::running::now_ms();
+        if let Some(cluster) = &self.shared.cluster {
+            if self
+                .shared
+                .lanes()
+                .get(module)
+                .is_none_or(|l| l.tx.is_none())
+            {
+                return Err(Refused::Unknown(format!("module {module} is not loaded")));
+            }
+            // Handed to a dispatcher when a node takes it from the stream, this one or another.
+            return cluster.publish(module, route.as_deref(), &event, accepted_ms);
+        }
         let json = serde_json::to_vec(&event).map_err(|e| Refused::Failed(e.to_string()))?;
         let mut record = Vec::with_capacity(json.len() + 64 + module.len());
         let seq = self.shared.next_seq.fetch_add(1, Ordering::Relaxed);
@@ -466,6 +502,10 @@ impl Queue {
         }
         let sender = tx.downgrade();
         lane.tx = Some(tx);
+        drop(lanes);
+        if let Some(cluster) = &self.shared.cluster {
+            cluster.pump(&self.shared, module);
+        }
         Connection {
             entries: Some(rx),
             sender,
@@ -488,6 +528,9 @@ impl Queue {
         if let Some(lane) = self.shared.lanes().get_mut(module) {
             if lane.tx.as_ref().is_some_and(|tx| tx.same_channel(&ours)) {
                 lane.tx = None;
+                if let Some(cluster) = &self.shared.cluster {
+                    cluster.stop_pump(module);
+                }
             }
         }
     }
@@ -534,8 +577,21 @@ impl Queue {
         })
     }
 
+    /// The cluster this node joined, for `/api/status` (`None` without `--cluster`).
+    pub fn cluster(&self) -> Option<cluster::ClusterStatus> {
+        self.shared.cluster.as_ref().map(|c| c.status())
+    }
+
+    /// Whether the events go through a cluster's stream (see [`cluster`]).
+    pub fn clustered(&self) -> bool {
+        self.shared.cluster.is_some()
+    }
+
     /// Why the store cannot write, while that is so.
     pub fn write_error(&self) -> Option<String> {
+        if let Some(c) = self.shared.cluster.as_ref().filter(|c| !c.connected()) {
+            return Some(format!("not connected to the cluster at {}", c.url()));
+        }
         self.shared.log.as_ref().and_then(Log::failing)
     }
 
@@ -657,6 +713,7 @@ mod tests {
             dir: dir.to_owned(),
             max_bytes,
             segment_bytes: 1 << 20,
+            cluster: None,
         }
     }
 

@@ -1,0 +1,336 @@
+//! Cluster mode (`orgloop start --cluster nats://HOST:PORT`): NATS JetStream takes the place of
+//! the local log, so that several daemons share one queue.
+//!
+//! - A webhook accepted by any node is published to the stream `<name>-events`, on the subject
+//!   `<name>.events.<module>`, with the event id as `Nats-Msg-Id`, and answered `202` only once
+//!   JetStream has acknowledged the write: a client's retry of the same event is deduplicated
+//!   by the server (within its two-minute window). Without a connection the webhook answers
+//!   `503` at once, never `202` for an event nothing stored.
+//! - Each module has one durable pull consumer, shared by every node: each message goes to one
+//!   node, which routes and delivers it, then acknowledges it. A message waiting for a retry or
+//!   a long agent session is kept alive with progress acknowledgements. A node that stops hands
+//!   its unfinished messages back (`nak`: at once to another node); one that dies leaves them to
+//!   come back after the ack wait, to another node. Delivery is at least once: a node that dies
+//!   after delivering a route and before the acknowledgement makes that route run again, with
+//!   the same idempotency key.
+//! - The stream is a work queue: an acknowledged message is deleted. Its limit is the daemon's
+//!   `--max-store-bytes`; a full stream refuses new events (`503`).
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use async_nats::connection::State;
+use async_nats::jetstream::consumer::{pull, AckPolicy, Consumer};
+use async_nats::jetstream::context::Publish;
+use async_nats::jetstream::message::{AckKind, Acker};
+use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy};
+use async_nats::jetstream::{self as js};
+use futures_util::StreamExt;
+use orgloop_plugin_sdk::Event;
+use tokio::sync::oneshot;
+
+use super::{new_ticket, Entry, Shared, Stored, RESIDENT};
+
+/// How long a publish may wait for JetStream's acknowledgement before the webhook says `503`.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a pump waits before it asks for its consumer again after an error.
+const PUMP_BACKOFF: Duration = Duration::from_millis(500);
+/// Messages a module's consumer may have handed out and not yet acknowledged, over all nodes.
+const MAX_ACK_PENDING: i64 = 20_000;
+
+const ROUTE: &str = "Orgloop-Route";
+const ACCEPTED_MS: &str = "Orgloop-Accepted-Ms";
+
+/// How to join a cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// `nats://HOST:PORT` (several, comma-separated).
+    pub url: String,
+    /// Names the stream, its subjects and consumers: daemons with the same name share work.
+    pub name: String,
+    /// JetStream replicas of the stream (1 for a single nats-server; 3 on a 3-server cluster).
+    pub replicas: usize,
+    /// How long a node may hold a message without a sign of life before it goes to another.
+    pub ack_wait: Duration,
+    /// The stream's limit in bytes.
+    pub max_bytes: u64,
+}
+
+/// This node's connection to the cluster's stream.
+pub struct Cluster {
+    client: async_nats::Client,
+    js: js::Context,
+    opts: ClusterOptions,
+    /// The messages this node holds, by the sequence number of their ticket.
+    held: Mutex<HashMap<u64, Arc<Acker>>>,
+    /// The pump of each module, while it is registered.
+    pumps: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("url", &self.opts.url)
+            .field("name", &self.opts.name)
+            .finish()
+    }
+}
+
+impl Cluster {
+    /// Connects, creates the stream if it does not exist, and starts the progress
+    /// acknowledgements.
+    pub async fn join(opts: ClusterOptions) -> io::Result<Arc<Cluster>> {
+        let failed = |what: &str, e: &dyn std::fmt::Display| {
+            io::Error::other(format!("{what} {}: {e}", opts.url))
+        };
+        let client = async_nats::ConnectOptions::new()
+            .name("orgloop")
+            .connection_timeout(Duration::from_secs(5))
+            .max_reconnects(None)
+            .connect(opts.url.split(',').map(str::trim).collect::<Vec<_>>())
+            .await
+            .map_err(|e| failed("cannot reach the cluster at", &e))?;
+        let js = js::new(client.clone());
+        js.get_or_create_stream(stream::Config {
+            name: stream_name(&opts.name),
+            subjects: vec![format!("{}.events.>", opts.name)],
+            retention: RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            num_replicas: opts.replicas,
+            duplicate_window: Duration::from_secs(120),
+            max_bytes: opts.max_bytes.min(i64::MAX as u64) as i64,
+            discard: DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| failed("cannot create the stream on", &e))?;
+        let cluster = Arc::new(Cluster {
+            client,
+            js,
+            opts,
+            held: Mutex::default(),
+            pumps: Mutex::default(),
+            runtime: tokio::runtime::Handle::current(),
+        });
+        tokio::spawn(progress(Arc::downgrade(&cluster)));
+        tracing::info!(url = %cluster.opts.url, stream = %stream_name(&cluster.opts.name), "joined the cluster");
+        Ok(cluster)
+    }
+
+    /// Publishes an event of `module` (or a delivery along `route`); the result resolves once
+    /// JetStream has stored it, or says why not.
+    pub fn publish(
+        &self,
+        module: &str,
+        route: Option<&str>,
+        event: &Event,
+        accepted_ms: i64,
+    ) -> Result<Stored, super::Refused> {
+        if self.client.connection_state() != State::Connected {
+            return Err(super::Refused::Failed(format!(
+                "not connected to the cluster at {}",
+                self.opts.url
+            )));
+        }
+        let json = serde_json::to_vec(event).map_err(|e| super::Refused::Failed(e.to_string()))?;
+        let mut publish = Publish::build()
+            .payload(json.into())
+            .message_id(event.id())
+            .header(ACCEPTED_MS, accepted_ms.to_string().as_str());
+        if let Some(route) = route {
+            publish = publish.header(ROUTE, route);
+        }
+        let subject = format!("{}.events.{module}", self.opts.name);
+        let (tx, rx) = oneshot::channel();
+        let js = self.js.clone();
+        self.runtime.spawn(async move {
+            let stored = tokio::time::timeout(PUBLISH_TIMEOUT, async {
+                js.send_publish(subject, publish)
+                    .await
+                    .map_err(io::Error::other)?
+                    .await
+                    .map_err(io::Error::other)
+            })
+            .await
+            .unwrap_or_else(|_| {
+                Err(io::Error::other(
+                    "the cluster did not acknowledge the event in time",
+                ))
+            });
+            let _ = tx.send(stored.map(drop));
+        });
+        Ok(Stored(rx))
+    }
+
+    /// Starts taking `module`'s messages from its shared consumer, for its dispatcher.
+    pub(super) fn pump(self: &Arc<Self>, shared: &Arc<Shared>, module: &str) {
+        let task = self.runtime.spawn(pump(
+            Arc::downgrade(self),
+            Arc::downgrade(shared),
+            module.to_owned(),
+        ));
+        if let Some(old) = self.pumps().insert(module.to_owned(), task) {
+            old.abort();
+        }
+    }
+
+    /// Stops taking `module`'s messages (it is no longer loaded here).
+    pub(super) fn stop_pump(&self, module: &str) {
+        if let Some(task) = self.pumps().remove(module) {
+            task.abort();
+        }
+    }
+
+    fn pumps(&self) -> std::sync::MutexGuard<'_, HashMap<String, tokio::task::JoinHandle<()>>> {
+        self.pumps.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Acker>>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The entry of ticket `seq` is over: `done` acknowledges its message (deleting it), else
+    /// it is handed back for another node (or this one) to take at once.
+    pub(super) fn finish(&self, seq: u64, done: bool) {
+        let Some(acker) = self.held().remove(&seq) else {
+            return;
+        };
+        self.runtime.spawn(async move {
+            let kind = if done {
+                AckKind::Ack
+            } else {
+                AckKind::Nak(None)
+            };
+            if let Err(e) = acker.ack_with(kind).await {
+                tracing::warn!("cannot acknowledge a message to the cluster: {e}");
+            }
+        });
+    }
+
+    /// Whether this node is connected now.
+    pub fn connected(&self) -> bool {
+        self.client.connection_state() == State::Connected
+    }
+
+    pub fn url(&self) -> &str {
+        &self.opts.url
+    }
+
+    pub fn status(&self) -> ClusterStatus {
+        ClusterStatus {
+            url: self.opts.url.clone(),
+            name: self.opts.name.clone(),
+            connected: self.connected(),
+            held: self.held().len(),
+        }
+    }
+}
+
+/// This node in its cluster, as `/api/status` shows it.
+#[derive(Debug, serde::Serialize)]
+pub struct ClusterStatus {
+    pub url: String,
+    pub name: String,
+    pub connected: bool,
+    /// Events this node took from the stream and has not finished.
+    pub held: usize,
+}
+
+fn stream_name(name: &str) -> String {
+    format!("{name}-events")
+}
+
+/// Takes `module`'s messages and hands them to its dispatcher, until the pump is stopped; after
+/// an error (the connection was lost) it asks for the consumer again.
+async fn pump(cluster: Weak<Cluster>, shared: Weak<Shared>, module: String) {
+    loop {
+        let Some(c) = cluster.upgrade() else { return };
+        if let Err(e) = take(&c, &shared, &module).await {
+            tracing::warn!(module = %module, "taking events from the cluster: {e}; trying again");
+        }
+        drop(c);
+        tokio::time::sleep(PUMP_BACKOFF).await;
+    }
+}
+
+async fn take(
+    cluster: &Cluster,
+    shared: &Weak<Shared>,
+    module: &str,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let stream = cluster
+        .js
+        .get_stream(stream_name(&cluster.opts.name))
+        .await?;
+    let consumer: Consumer<pull::Config> = stream
+        .get_or_create_consumer(
+            module,
+            pull::Config {
+                durable_name: Some(module.to_owned()),
+                filter_subject: format!("{}.events.{module}", cluster.opts.name),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: cluster.opts.ack_wait,
+                max_ack_pending: MAX_ACK_PENDING,
+                ..Default::default()
+            },
+        )
+        .await?;
+    let mut messages = consumer.messages().await?;
+    while let Some(message) = messages.next().await {
+        let Some(shared) = shared.upgrade() else {
+            return Ok(());
+        };
+        let (message, acker) = message?.split();
+        let header = |name: &str| {
+            message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(name))
+                .map(|v| v.as_str().to_owned())
+        };
+        let event: Event = match serde_json::from_slice(&message.payload) {
+            Ok(e) => e,
+            Err(e) => {
+                // Nothing can ever route it: acknowledged, so that it does not come back.
+                tracing::error!(module = %module, "a message in the cluster's stream is not an event, dropped: {e}");
+                let _ = acker.ack().await;
+                continue;
+            }
+        };
+        let accepted_ms = header(ACCEPTED_MS)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(crate::module::running::now_ms);
+        let seq = shared.next_seq.fetch_add(1, Ordering::Relaxed);
+        let bytes = message.payload.len() as u64 + RESIDENT;
+        cluster.held().insert(seq, Arc::new(acker));
+        shared.track(module, seq, accepted_ms, bytes);
+        shared.hand_off(Entry {
+            ticket: new_ticket(&shared, seq, module, bytes, true),
+            accepted_ms,
+            route: header(ROUTE),
+            done: Vec::new(),
+            started: Vec::new(),
+            event,
+        });
+    }
+    Ok(())
+}
+
+/// Every third of the ack wait, a progress acknowledgement for every message this node holds,
+/// so that none goes to another node while it is being worked on here.
+async fn progress(cluster: Weak<Cluster>) {
+    loop {
+        let Some(c) = cluster.upgrade() else { return };
+        let every = c.opts.ack_wait / 3;
+        let held: Vec<Arc<Acker>> = c.held().values().cloned().collect();
+        drop(c);
+        for acker in held {
+            let _ = acker.ack_with(AckKind::Progress).await;
+        }
+        tokio::time::sleep(every).await;
+    }
+}
