@@ -25,6 +25,7 @@
 //! [`metrics`]; the command line in [`cli`]; the service manager's notifications in [`systemd`].
 
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod engine;

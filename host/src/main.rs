@@ -13,6 +13,7 @@ fn main() -> ExitCode {
         Command::Dlq(args) => cli::dlq::run(args),
         Command::Completions(args) => cli::completions::run(args),
         Command::Status(args) => cli::status::run(args),
+        Command::Cluster(args) => cli::cluster::run(args),
         Command::Plugin(args) => cli::plugin::run(args),
         Command::PluginHost(args) => orgloop::plugin::process::child::run(&args.library),
     }

@@ -11,37 +11,49 @@ use serde_json::json;
 
 use crate::harness::*;
 use crate::nats::Nats;
+use crate::swap::install;
 
-/// Module `m`: webhook source `in` → `http::webhook` posting to `sink`.
-fn module(dir: &Path, sink: &Sink) {
-    let project = format!(
-        "apiVersion: orgloop/v1alpha1\nkind: Project\nmetadata:\n  name: m\ndefaults:\n  retry: {{initial: 100ms, max: 500ms}}\nplugins:\n  - {{name: http, path: \"{}\"}}\nconnectors: [connectors/c.yaml]\n",
-        plugin("http").display()
-    );
+/// Module `m` in `dir`, with its own copy of the http plugin: webhook source `in` →
+/// `http::webhook` posting to `sink` at `path`.
+fn module_at(dir: &Path, sink: &Sink, path: &str) {
+    install(dir, "http", &plugin("http"));
+    let project = "apiVersion: orgloop/v1alpha1\nkind: Project\nmetadata:\n  name: m\ndefaults:\n  retry: {initial: 100ms, max: 500ms}\nplugins:\n  - {name: http, path: plugins/libhttp.so}\nconnectors: [connectors/c.yaml]\n";
     let connectors = format!(
         "sources: [{{id: in, connector: webhook}}]\nactors: [{{id: out, connector: http::webhook, config: {{url: \"{}\"}}}}]\n",
-        sink.url("/out")
+        sink.url(path)
     );
     write_files(
         dir,
         &[
-            ("orgloop.yaml", &project),
+            ("orgloop.yaml", project),
             ("connectors/c.yaml", &connectors),
             ("routes/r.yaml", "routes:\n  - name: r\n    when: {source: in, events: [resource.changed]}\n    then: {actor: out}\n"),
         ],
     );
 }
 
-/// `n` daemons on the module in `dir`, joined to `nats`, each with a home of its own.
-fn nodes(dir: &Path, module: &Path, nats: &Nats, n: usize) -> Vec<Daemon> {
-    (0..n)
-        .map(|i| {
+fn module(dir: &Path, sink: &Sink) {
+    module_at(dir, sink, "/out");
+}
+
+/// A daemon per module directory of `modules`, joined to `nats`, each with a home of its own.
+fn nodes_on(dir: &Path, modules: &[&Path], nats: &Nats) -> Vec<Daemon> {
+    modules
+        .iter()
+        .enumerate()
+        .map(|(i, module)| {
             let mut env = base_env(&dir.join(format!("home{i}")));
             env.push(("ORGLOOP_CLUSTER".into(), nats.url()));
             env.push(("ORGLOOP_CLUSTER_ACK_WAIT".into(), "2s".into()));
+            env.push(("ORGLOOP_NODE_ID".into(), format!("node-{i}")));
             Daemon::start(&[module], &env)
         })
         .collect()
+}
+
+/// `n` daemons on the module in `module`.
+fn nodes(dir: &Path, module: &Path, nats: &Nats, n: usize) -> Vec<Daemon> {
+    nodes_on(dir, &vec![module; n], nats)
 }
 
 /// How many deliveries `daemon` made.
@@ -194,4 +206,91 @@ fn while_jetstream_is_down_webhooks_answer_503_and_nothing_accepted_is_lost() {
     let counts = sink.wait_delivered(&accepted);
     let lost = accepted.iter().filter(|n| !counts.contains_key(n)).count();
     assert_eq!(lost, 0, "of {} accepted", accepted.len());
+}
+
+#[test]
+fn a_reload_sent_to_one_node_reaches_every_node_and_one_refusal_swaps_nowhere() {
+    let dir = test_dir("cluster_reload");
+    let nats = Nats::start(&dir);
+    let sink = Sink::start();
+    // The same module on three machines: three copies of its directory.
+    let dirs: Vec<_> = (0..3).map(|i| dir.join(format!("m{i}"))).collect();
+    for d in &dirs {
+        module_at(d, &sink, "/v1");
+    }
+    let nodes = nodes_on(
+        &dir,
+        &dirs.iter().map(|d| d.as_path()).collect::<Vec<_>>(),
+        &nats,
+    );
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, c) = nodes[0].cli_json(&["cluster", "status", "--json"]);
+        if c["nodes"].as_array().is_some_and(|n| n.len() == 3) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the nodes did not all announce themselves: {c:#}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The change on every machine, the reload sent to node 1 only.
+    for d in &dirs {
+        module_at(d, &sink, "/v2");
+    }
+    let (code, report) = nodes[1].cli_json(&["module", "reload", "m", "--json"]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["outcome"], "swapped", "{report:#}");
+    let per_node = report["nodes"].as_array().unwrap();
+    assert_eq!(per_node.len(), 3, "{report:#}");
+    for n in per_node {
+        assert_eq!(n["outcome"]["to_generation"], 2, "{report:#}");
+    }
+    for (i, node) in nodes.iter().enumerate() {
+        assert_eq!(
+            node.module_status("m")["generation"]["number"],
+            2,
+            "node {i}"
+        );
+        assert_eq!(node.post("in", &note(i as u64)).status, 202);
+    }
+    sink.wait_delivered(&[0, 1, 2]);
+    assert!(sink.received().iter().all(|r| r.path == "/v2"));
+
+    // Node 2's copy lacks the plugin file: it refuses, and no node swaps.
+    for d in &dirs {
+        module_at(d, &sink, "/v3");
+    }
+    std::fs::remove_file(dirs[2].join("plugins/libhttp.so")).unwrap();
+    let (code, report) = nodes[0].cli_json(&["module", "reload", "m", "--json"]);
+    assert_eq!(code, 2, "{report:#}");
+    assert_eq!(report["outcome"], "rejected", "{report:#}");
+    let refused = report["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node"] == "node-2")
+        .unwrap_or_else(|| panic!("no node-2: {report:#}"));
+    assert_eq!(refused["prepared"], "rejected", "{report:#}");
+    assert_contains(&refused["outcome"]["errors"].to_string(), "libhttp.so");
+    for (i, node) in nodes.iter().enumerate() {
+        assert_eq!(
+            node.module_status("m")["generation"]["number"],
+            2,
+            "node {i}"
+        );
+    }
+    // Each node's record says so within a second (they renew it every second).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = nodes[0].cli_ok(&["cluster", "status"]);
+        if text.matches("m gen 2").count() == 3 {
+            assert_contains(&text, "node-2");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

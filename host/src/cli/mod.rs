@@ -1,6 +1,7 @@
 //! The `orgloop` command line: one file per subcommand. Each only reads its arguments and calls
 //! into the library.
 
+pub mod cluster;
 pub mod completions;
 pub mod dlq;
 pub mod module;
@@ -34,6 +35,8 @@ pub enum Command {
     Plugin(plugin::PluginArgs),
     /// Summarise the running daemon: modules, generations, health, queues, last reloads.
     Status(status::StatusArgs),
+    /// The cluster a daemon started with --cluster is in: its nodes.
+    Cluster(cluster::ClusterArgs),
     /// Print a shell completion script (bash, zsh or fish).
     Completions(completions::CompletionsArgs),
     /// The plugin process of an `isolation: process` plugin (started by the daemon).

@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::exit;
+use crate::cluster::{Cluster, ClusterOptions};
 use crate::config::render_errors;
 use crate::control::auth::{create_token, read_token, token_path};
 use crate::control::client::Client;
@@ -22,7 +23,6 @@ use crate::module::report::ReloadOutcome;
 use crate::module::{LoadError, Registry, ReloadOptions};
 use crate::plugin::store::PluginStore;
 use crate::plugin::Loader;
-use crate::queue::cluster::{Cluster, ClusterOptions};
 use crate::queue::{Durability, Options as QueueOptions, Queue};
 
 /// Size at which the event log starts a new segment file.
@@ -90,6 +90,9 @@ pub struct StartArgs {
     /// another (after a crash); a daemon alive renews it every third of this.
     #[arg(long, env = "ORGLOOP_CLUSTER_ACK_WAIT", default_value = "30s", value_parser = parse_duration)]
     pub cluster_ack_wait: Duration,
+    /// This daemon's id in the cluster (default: the host name and the HTTP port).
+    #[arg(long, env = "ORGLOOP_NODE_ID")]
+    pub node_id: Option<String>,
 }
 
 /// A cluster name is part of stream, subject and consumer names: letters, digits, `-`, `_`.
@@ -174,6 +177,7 @@ async fn listen(port: u16) -> std::io::Result<TcpListener> {
 async fn daemon(args: StartArgs, listener: TcpListener) -> u8 {
     let started = Instant::now();
     crate::home::clean_stale_runs();
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(args.port);
     let cluster = match &args.cluster {
         None => None,
         Some(url) => {
@@ -183,6 +187,12 @@ async fn daemon(args: StartArgs, listener: TcpListener) -> u8 {
                 replicas: args.cluster_replicas,
                 ack_wait: args.cluster_ack_wait,
                 max_bytes: args.max_store_bytes,
+                node: args.node_id.clone().unwrap_or_else(|| {
+                    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                        .map(|h| h.trim().to_owned())
+                        .unwrap_or_else(|_| "node".to_owned());
+                    format!("{host}:{port}")
+                }),
             })
             .await;
             match joined {
@@ -215,7 +225,11 @@ async fn daemon(args: StartArgs, listener: TcpListener) -> u8 {
         Loader::new(store.clone()).with_default_isolation(args.isolation),
         queue,
     ));
-    let port = listener.local_addr().map(|a| a.port()).unwrap_or(args.port);
+    if let Some(cluster) = registry.queue.cluster() {
+        let address = format!("http://127.0.0.1:{port}");
+        crate::cluster::nodes::announce(cluster.clone(), Arc::downgrade(&registry), address);
+        crate::cluster::reload::serve(cluster, Arc::downgrade(&registry));
+    }
     let token = match create_token(port) {
         Ok(t) => t,
         Err(e) => {

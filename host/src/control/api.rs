@@ -78,6 +78,17 @@ pub async fn status(State(app): State<AppState>) -> Json<Value> {
             }));
         }
     }
+    let cluster = match app.registry.queue.cluster() {
+        None => None,
+        Some(c) => {
+            let mut status = json!(c.status());
+            status["nodes"] = match c.nodes().await {
+                Ok(nodes) => json!(nodes),
+                Err(e) => json!({"error": e}),
+            };
+            Some(status)
+        }
+    };
     Json(json!({
         "health": health,
         "running": true,
@@ -86,7 +97,7 @@ pub async fn status(State(app): State<AppState>) -> Json<Value> {
         "http_port": app.port,
         "version": env!("CARGO_PKG_VERSION"),
         "durability": app.registry.queue.durability,
-        "cluster": app.registry.queue.cluster(),
+        "cluster": cluster,
         "modules": modules,
         "sources": sources,
     }))

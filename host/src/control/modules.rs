@@ -180,6 +180,9 @@ pub struct ReloadBody {
     canary_for_ms: Option<u64>,
     auto_rollback: Option<bool>,
     bake_ms: Option<u64>,
+    /// In cluster mode: reload this node only (the default reloads every node, or none).
+    #[serde(default)]
+    local: bool,
 }
 
 /// `POST /control/modules/{name}/reload` with `{"drain_timeout_ms", "force", "dry_run",
@@ -206,6 +209,18 @@ pub async fn reload(
         auto_rollback: body.auto_rollback,
         bake: body.bake_ms.map(Duration::from_millis),
     };
+    if let Some(cluster) = app.registry.queue.cluster().filter(|_| !body.local) {
+        if app.registry.module(&name).is_none() {
+            return Err(crate::module::LoadError::NotFound(name).into());
+        }
+        let (applied, report) = crate::cluster::reload::coordinate(&cluster, &name, &opts).await;
+        let status = if applied {
+            StatusCode::OK
+        } else {
+            StatusCode::UNPROCESSABLE_ENTITY
+        };
+        return Ok((status, Json(report)).into_response());
+    }
     let outcome = app.registry.reload(&name, &opts).await?;
     let status = match &outcome {
         ReloadOutcome::Rejected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
@@ -226,7 +241,8 @@ pub async fn rollback(
     }
 }
 
-fn outcome_json(outcome: &ReloadOutcome) -> Value {
+/// A reload's outcome as the API answers it.
+pub(crate) fn outcome_json(outcome: &ReloadOutcome) -> Value {
     match outcome {
         ReloadOutcome::Rejected { module, errors } => json!({
             "outcome": "rejected",

@@ -29,7 +29,7 @@ use crate::config::{self, ConfigError};
 use crate::metrics::{metrics, ReloadLabels};
 
 /// What the caller asks of a reload.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct ReloadOptions {
     /// How long the old generation's deliveries may run on; default: the module's `drain_timeout`.
     pub drain_timeout: Option<Duration>,
@@ -81,11 +81,41 @@ pub async fn reload(
     module: &Arc<Module>,
     opts: &ReloadOptions,
 ) -> ReloadOutcome {
+    run(registry, module, opts, true, |_| std::future::ready(true)).await
+}
+
+/// Reloads `module` in two phases, for a cluster: once the new generation is staged and checked
+/// (or refused, or found unchanged), `gate` is told how that went and answers whether to swap.
+/// Only a staged generation is ever swapped; on `false` it is dropped and nothing changes.
+pub async fn reload_gated<F, Fut>(
+    registry: &Arc<Registry>,
+    module: &Arc<Module>,
+    opts: &ReloadOptions,
+    gate: F,
+) -> ReloadOutcome
+where
+    F: FnOnce(Result<&ReloadReport, &ReloadOutcome>) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    run(registry, module, opts, false, gate).await
+}
+
+async fn run<F, Fut>(
+    registry: &Arc<Registry>,
+    module: &Arc<Module>,
+    opts: &ReloadOptions,
+    coalesce: bool,
+    gate: F,
+) -> ReloadOutcome
+where
+    F: FnOnce(Result<&ReloadReport, &ReloadOutcome>) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
     let request = module.requests.fetch_add(1, Ordering::SeqCst) + 1;
     let _serial = module.lifecycle.lock().await;
     // A request with options of its own (force, a drain timeout, a dry run, a rollout) is never
     // answered by a reload made with other options.
-    let plain = opts.plain();
+    let plain = coalesce && opts.plain();
     if let Some((covered, outcome)) = module.record().last_reload.as_ref().filter(|_| plain) {
         if *covered >= request {
             let mut outcome = outcome.clone();
@@ -96,7 +126,20 @@ pub async fn reload(
         }
     }
     let covered = module.requests.load(Ordering::SeqCst);
-    let outcome = attempt(registry, module, opts).await;
+    let outcome = match prepare(registry, module, opts).await {
+        Ok(staged) => {
+            if gate(Ok(&staged.report)).await {
+                commit(registry, module, opts, staged).await
+            } else {
+                let why = "not applied: the reload was refused elsewhere in the cluster";
+                rejected(module, vec![ConfigError::new(&module.dir, None, "", why)])
+            }
+        }
+        Err(outcome) => {
+            gate(Err(&outcome)).await;
+            outcome
+        }
+    };
     count(&module.name, &outcome);
     let mut record = module.record();
     if let ReloadOutcome::Rejected { errors, .. } = &outcome {
@@ -111,58 +154,61 @@ pub async fn reload(
     outcome
 }
 
-async fn attempt(
+fn rejected(module: &Module, errors: Vec<ConfigError>) -> ReloadOutcome {
+    ReloadOutcome::Rejected {
+        module: module.name.clone(),
+        errors,
+    }
+}
+
+/// A refusal that is not about one file's content: a conflict, or a plugin that would not load.
+fn refused(module: &Module, e: LoadError) -> ReloadOutcome {
+    let error = ConfigError::new("orgloop.yaml", None, "", e.to_string());
+    rejected(module, vec![error])
+}
+
+fn unloading(module: &Module) -> ReloadOutcome {
+    let error = ConfigError::new(&module.dir, None, "", "the module is being unloaded");
+    rejected(module, vec![error])
+}
+
+/// A new generation staged and checked, not yet swapped in.
+struct Staged {
+    /// The generation it was staged against.
+    base: Arc<super::Generation>,
+    staged: Arc<super::Generation>,
+    report: ReloadReport,
+}
+
+/// Steps 1–3: reads, stages and checks the new generation; the outcome instead when there is
+/// nothing to swap (refused, unchanged, a dry run).
+async fn prepare(
     registry: &Arc<Registry>,
     module: &Arc<Module>,
     opts: &ReloadOptions,
-) -> ReloadOutcome {
-    let rejected = |errors: Vec<ConfigError>| ReloadOutcome::Rejected {
-        module: module.name.clone(),
-        errors,
-    };
-    // A refusal that is not about one file's content: a conflict, or a plugin that would not load.
-    let refused = |e: LoadError| {
-        rejected(vec![ConfigError::new(
-            "orgloop.yaml",
-            None,
-            "",
-            e.to_string(),
-        )])
-    };
+) -> Result<Staged, ReloadOutcome> {
     // During a rollout, the new generation is staged beside the one that would win it now; the
     // rollout ends, on the figures of that moment, only once the new one is good to swap in.
-    let unloading = || {
-        rejected(vec![ConfigError::new(
-            &module.dir,
-            None,
-            "",
-            "the module is being unloaded",
-        )])
-    };
     let Some(base) = rollout::winner(module).or_else(|| module.current()) else {
-        return unloading();
+        return Err(unloading(module));
     };
     let started = Instant::now();
 
     // 1. Read.
     let spec = match config::load_module(&module.dir) {
         Ok(spec) => spec,
-        Err(errors) => return rejected(errors),
+        Err(errors) => return Err(rejected(module, errors)),
     };
     if spec.name != module.name {
         let message = format!(
             "metadata.name changed from {:?} to {:?}; load it as a new module instead",
             module.name, spec.name
         );
-        return rejected(vec![ConfigError::new(
-            "orgloop.yaml",
-            None,
-            "metadata.name",
-            message,
-        )]);
+        let error = ConfigError::new("orgloop.yaml", None, "metadata.name", message);
+        return Err(rejected(module, vec![error]));
     }
     if let Err(e) = registry.check_conflicts(&spec, Some(&module.name)) {
-        return refused(e);
+        return Err(refused(module, e));
     }
 
     // 2–3. Stage beside the current generation.
@@ -171,11 +217,11 @@ async fn attempt(
         .await
     {
         Ok(g) => g,
-        Err(LoadError::Invalid(errors)) => return rejected(errors),
-        Err(e) => return refused(e),
+        Err(LoadError::Invalid(errors)) => return Err(rejected(module, errors)),
+        Err(e) => return Err(refused(module, e)),
     };
     let (plugins, diff) = changes(&base, &staged);
-    let mut report = ReloadReport {
+    let report = ReloadReport {
         module: module.name.clone(),
         from_generation: base.number,
         to_generation: base.number,
@@ -190,20 +236,39 @@ async fn attempt(
         diff,
     };
     if opts.dry_run {
-        return ReloadOutcome::DryRun(report);
+        return Err(ReloadOutcome::DryRun(report));
     }
     if report.diff.is_empty() && !report.plugins.iter().any(PluginChange::changed) {
-        return ReloadOutcome::Unchanged(report);
+        return Err(ReloadOutcome::Unchanged(report));
     }
 
+    Ok(Staged {
+        base,
+        staged,
+        report,
+    })
+}
+
+/// Steps 4–5: swaps the staged generation in and drains the one it replaces.
+async fn commit(
+    registry: &Arc<Registry>,
+    module: &Arc<Module>,
+    opts: &ReloadOptions,
+    staged: Staged,
+) -> ReloadOutcome {
+    let Staged {
+        base,
+        staged,
+        mut report,
+    } = staged;
     // 4. Swap (after ending a rollout and cutting short an older drain: at most two generations
     // live). Checked first: a reload that is refused changes nothing, a rollout included.
     if let Err(e) = registry.check_conflicts(&staged.spec, Some(&module.name)) {
-        return refused(e);
+        return refused(module, e);
     }
     report.ended_rollout = rollout::end(registry, module);
     let Some(old) = module.current() else {
-        return unloading();
+        return unloading(module);
     };
     if !Arc::ptr_eq(&old, &base) {
         // The rollout ended the other way than it looked while this one was staged.
@@ -222,7 +287,7 @@ async fn attempt(
         let begun = rollout::begin(registry, module, old, staged.clone(), policy, timeout);
         report.rollout = Some(match begun {
             Ok(r) => r,
-            Err(e) => return refused(e),
+            Err(e) => return refused(module, e),
         });
         report.swap_us = swap.elapsed().as_secs_f64() * 1e6;
         report.to_generation = staged.number;
@@ -234,7 +299,7 @@ async fn attempt(
     let stored =
         registry.swap_unless_conflict(&staged.spec, &module.name, || module.serve(&staged));
     if let Err(e) = stored {
-        return refused(e);
+        return refused(module, e);
     }
     rollout::settle(registry, module, &staged);
     report.swap_us = swap.elapsed().as_secs_f64() * 1e6;

@@ -15,7 +15,6 @@
 //!
 //! [`dead`] holds the dead letters; [`record`] is the log's format.
 
-pub mod cluster;
 pub mod dead;
 pub mod log;
 pub mod record;
@@ -30,10 +29,10 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use orgloop_plugin_sdk::Event;
 use tokio::sync::{mpsc, oneshot};
 
-use self::cluster::Cluster;
 use self::dead::DeadLetters;
 use self::log::{Log, Op};
 use self::record::{encode, Put, Record};
+use crate::cluster::Cluster;
 
 /// How the queue keeps what it accepted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -56,7 +55,8 @@ pub struct Options {
     pub max_bytes: u64,
     /// Size at which the log starts a new segment file.
     pub segment_bytes: u64,
-    /// Cluster mode: the cluster's stream takes the place of the local log (see [`cluster`]).
+    /// Cluster mode: the cluster's stream takes the place of the local log (see
+    /// [`crate::cluster`]).
     pub cluster: Option<Arc<Cluster>>,
 }
 
@@ -233,11 +233,11 @@ impl Lane {
     }
 }
 
-struct Shared {
+pub(crate) struct Shared {
     /// `None` with `durability: memory`, and in cluster mode.
     log: Option<Log>,
     cluster: Option<Arc<Cluster>>,
-    next_seq: AtomicU64,
+    pub(crate) next_seq: AtomicU64,
     max_total: u64,
     used_total: AtomicU64,
     /// Entries let go without being finished (left for the next start).
@@ -273,7 +273,7 @@ impl Shared {
     }
 
     /// Counts an entry taken from the cluster's stream, for `module status` and the limits.
-    fn track(&self, module: &str, seq: u64, accepted_ms: i64, bytes: u64) {
+    pub(crate) fn track(&self, module: &str, seq: u64, accepted_ms: i64, bytes: u64) {
         let mut lanes = self.lanes();
         let lane = lanes.entry(module.to_owned()).or_insert_with(Lane::new);
         lane.used += bytes;
@@ -292,7 +292,7 @@ impl Shared {
     }
 
     /// Gives a stored entry to its module's dispatcher, or parks it until the module is loaded.
-    fn hand_off(&self, entry: Entry) {
+    pub(crate) fn hand_off(&self, entry: Entry) {
         let mut lanes = self.lanes();
         let lane = lanes
             .entry(entry.ticket.0.module.clone())
@@ -577,12 +577,12 @@ impl Queue {
         })
     }
 
-    /// The cluster this node joined, for `/api/status` (`None` without `--cluster`).
-    pub fn cluster(&self) -> Option<cluster::ClusterStatus> {
-        self.shared.cluster.as_ref().map(|c| c.status())
+    /// The cluster this node joined (`None` without `--cluster`).
+    pub fn cluster(&self) -> Option<Arc<Cluster>> {
+        self.shared.cluster.clone()
     }
 
-    /// Whether the events go through a cluster's stream (see [`cluster`]).
+    /// Whether the events go through a cluster's stream (see [`crate::cluster`]).
     pub fn clustered(&self) -> bool {
         self.shared.cluster.is_some()
     }
@@ -616,7 +616,7 @@ pub struct Connection {
 }
 
 /// The answer to one [`Queue::append`]: resolves once the entry is stored.
-pub struct Stored(oneshot::Receiver<io::Result<()>>);
+pub struct Stored(pub(crate) oneshot::Receiver<io::Result<()>>);
 
 impl Stored {
     pub async fn wait(self) -> Result<(), Refused> {
@@ -628,7 +628,13 @@ impl Stored {
     }
 }
 
-fn new_ticket(shared: &Arc<Shared>, seq: u64, module: &str, bytes: u64, counted: bool) -> Ticket {
+pub(crate) fn new_ticket(
+    shared: &Arc<Shared>,
+    seq: u64,
+    module: &str,
+    bytes: u64,
+    counted: bool,
+) -> Ticket {
     Ticket(Arc::new(TicketInner {
         seq,
         module: module.to_owned(),
@@ -643,7 +649,7 @@ fn new_ticket(shared: &Arc<Shared>, seq: u64, module: &str, bytes: u64, counted:
 /// What an unfinished entry costs in memory beyond its stored size, as the limits count it: its
 /// event, its ticket and the task of each of its deliveries (measured: about 2.6 KB in all for a
 /// small event waiting on a failing actor; BENCHMARKS.md).
-const RESIDENT: u64 = 2048;
+pub(crate) const RESIDENT: u64 = 2048;
 
 /// Parks an entry read back at startup: counted against its module's limit, and against the
 /// daemon's once its module is loaded.

@@ -44,6 +44,9 @@ pub struct ReloadArgs {
     /// until it was promoted or rolled back, and the losing generation drained).
     #[arg(long)]
     pub wait: bool,
+    /// In a cluster: reload only the daemon on --port (by default every node reloads, or none).
+    #[arg(long)]
+    pub local: bool,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -63,6 +66,7 @@ pub fn run(client: &Client, args: &ReloadArgs) -> u8 {
         "canary_for_ms": ms(args.canary_for),
         "auto_rollback": args.auto_rollback.then_some(true),
         "bake_ms": ms(args.bake),
+        "local": args.local,
     });
     let answer = match client.post(&format!("/control/modules/{}/reload", args.name), &body) {
         Ok(a) => a,
@@ -77,6 +81,18 @@ pub fn run(client: &Client, args: &ReloadArgs) -> u8 {
             status: answer.status,
             body: report,
         });
+    }
+    if report["cluster"] == true {
+        if args.json {
+            println!("{report}");
+        } else {
+            print_cluster(&report);
+        }
+        return if report["outcome"] == "rejected" {
+            exit::INVALID
+        } else {
+            exit::OK
+        };
     }
     // With a rollout, the generation that drains is known once it ends.
     let ended = match (args.wait, report["rollout"]["new_generation"].as_u64()) {
@@ -165,6 +181,34 @@ fn wait_for_rollout(client: &Client, name: &str, generation: u64) -> Result<Valu
             return Ok(r.clone());
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A reload across the cluster: the outcome, then each node's part.
+fn print_cluster(r: &Value) {
+    let name = r["module"].as_str().unwrap_or_default();
+    let nodes = r["nodes"].as_array().map_or(&[][..], Vec::as_slice);
+    match r["outcome"].as_str().unwrap_or_default() {
+        "swapped" => println!("✓ {name}: reloaded on {} nodes", nodes.len()),
+        "rejected" => println!("✗ {name}: reload refused; nothing changed on any node"),
+        other => println!("= {name}: {other} on every node"),
+    }
+    for n in nodes {
+        let o = &n["outcome"];
+        let what = match o["outcome"].as_str() {
+            Some("swapped") => format!(
+                "generation {} → {} (swap {:.0} µs)",
+                o["from_generation"],
+                o["to_generation"],
+                o["swap_us"].as_f64().unwrap_or(0.0)
+            ),
+            Some(other) => other.replace('_', " "),
+            None => n["prepared"].as_str().unwrap_or("?").to_owned(),
+        };
+        println!("  node {:<24} {what}", n["node"].as_str().unwrap_or("?"));
+        if o["outcome"] == "rejected" {
+            print_errors(o);
+        }
     }
 }
 

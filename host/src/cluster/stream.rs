@@ -1,5 +1,4 @@
-//! Cluster mode (`orgloop start --cluster nats://HOST:PORT`): NATS JetStream takes the place of
-//! the local log, so that several daemons share one queue.
+//! The cluster's queue: the stream `<name>-events`.
 //!
 //! - A webhook accepted by any node is published to the stream `<name>-events`, on the subject
 //!   `<name>.events.<module>`, with the event id as `Nats-Msg-Id`, and answered `202` only once
@@ -19,20 +18,19 @@
 use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_nats::connection::State;
 use async_nats::jetstream::consumer::{pull, AckPolicy, Consumer};
 use async_nats::jetstream::context::Publish;
 use async_nats::jetstream::message::{AckKind, Acker};
-use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy};
-use async_nats::jetstream::{self as js};
 use futures_util::StreamExt;
 use orgloop_plugin_sdk::Event;
 use tokio::sync::oneshot;
 
-use super::{new_ticket, Entry, Shared, Stored, RESIDENT};
+use super::Cluster;
+use crate::queue::{new_ticket, Entry, Refused, Shared, Stored, RESIDENT};
 
 /// How long a publish may wait for JetStream's acknowledgement before the webhook says `503`.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -44,83 +42,7 @@ const MAX_ACK_PENDING: i64 = 20_000;
 const ROUTE: &str = "Orgloop-Route";
 const ACCEPTED_MS: &str = "Orgloop-Accepted-Ms";
 
-/// How to join a cluster.
-#[derive(Clone, Debug)]
-pub struct ClusterOptions {
-    /// `nats://HOST:PORT` (several, comma-separated).
-    pub url: String,
-    /// Names the stream, its subjects and consumers: daemons with the same name share work.
-    pub name: String,
-    /// JetStream replicas of the stream (1 for a single nats-server; 3 on a 3-server cluster).
-    pub replicas: usize,
-    /// How long a node may hold a message without a sign of life before it goes to another.
-    pub ack_wait: Duration,
-    /// The stream's limit in bytes.
-    pub max_bytes: u64,
-}
-
-/// This node's connection to the cluster's stream.
-pub struct Cluster {
-    client: async_nats::Client,
-    js: js::Context,
-    opts: ClusterOptions,
-    /// The messages this node holds, by the sequence number of their ticket.
-    held: Mutex<HashMap<u64, Arc<Acker>>>,
-    /// The pump of each module, while it is registered.
-    pumps: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
-    runtime: tokio::runtime::Handle,
-}
-
-impl std::fmt::Debug for Cluster {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cluster")
-            .field("url", &self.opts.url)
-            .field("name", &self.opts.name)
-            .finish()
-    }
-}
-
 impl Cluster {
-    /// Connects, creates the stream if it does not exist, and starts the progress
-    /// acknowledgements.
-    pub async fn join(opts: ClusterOptions) -> io::Result<Arc<Cluster>> {
-        let failed = |what: &str, e: &dyn std::fmt::Display| {
-            io::Error::other(format!("{what} {}: {e}", opts.url))
-        };
-        let client = async_nats::ConnectOptions::new()
-            .name("orgloop")
-            .connection_timeout(Duration::from_secs(5))
-            .max_reconnects(None)
-            .connect(opts.url.split(',').map(str::trim).collect::<Vec<_>>())
-            .await
-            .map_err(|e| failed("cannot reach the cluster at", &e))?;
-        let js = js::new(client.clone());
-        js.get_or_create_stream(stream::Config {
-            name: stream_name(&opts.name),
-            subjects: vec![format!("{}.events.>", opts.name)],
-            retention: RetentionPolicy::WorkQueue,
-            storage: stream::StorageType::File,
-            num_replicas: opts.replicas,
-            duplicate_window: Duration::from_secs(120),
-            max_bytes: opts.max_bytes.min(i64::MAX as u64) as i64,
-            discard: DiscardPolicy::New,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| failed("cannot create the stream on", &e))?;
-        let cluster = Arc::new(Cluster {
-            client,
-            js,
-            opts,
-            held: Mutex::default(),
-            pumps: Mutex::default(),
-            runtime: tokio::runtime::Handle::current(),
-        });
-        tokio::spawn(progress(Arc::downgrade(&cluster)));
-        tracing::info!(url = %cluster.opts.url, stream = %stream_name(&cluster.opts.name), "joined the cluster");
-        Ok(cluster)
-    }
-
     /// Publishes an event of `module` (or a delivery along `route`); the result resolves once
     /// JetStream has stored it, or says why not.
     pub fn publish(
@@ -129,14 +51,14 @@ impl Cluster {
         route: Option<&str>,
         event: &Event,
         accepted_ms: i64,
-    ) -> Result<Stored, super::Refused> {
+    ) -> Result<Stored, Refused> {
         if self.client.connection_state() != State::Connected {
-            return Err(super::Refused::Failed(format!(
+            return Err(Refused::Failed(format!(
                 "not connected to the cluster at {}",
                 self.opts.url
             )));
         }
-        let json = serde_json::to_vec(event).map_err(|e| super::Refused::Failed(e.to_string()))?;
+        let json = serde_json::to_vec(event).map_err(|e| Refused::Failed(e.to_string()))?;
         let mut publish = Publish::build()
             .payload(json.into())
             .message_id(event.id())
@@ -167,7 +89,7 @@ impl Cluster {
     }
 
     /// Starts taking `module`'s messages from its shared consumer, for its dispatcher.
-    pub(super) fn pump(self: &Arc<Self>, shared: &Arc<Shared>, module: &str) {
+    pub(crate) fn pump(self: &Arc<Self>, shared: &Arc<Shared>, module: &str) {
         let task = self.runtime.spawn(pump(
             Arc::downgrade(self),
             Arc::downgrade(shared),
@@ -179,23 +101,25 @@ impl Cluster {
     }
 
     /// Stops taking `module`'s messages (it is no longer loaded here).
-    pub(super) fn stop_pump(&self, module: &str) {
+    pub(crate) fn stop_pump(&self, module: &str) {
         if let Some(task) = self.pumps().remove(module) {
             task.abort();
         }
     }
 
-    fn pumps(&self) -> std::sync::MutexGuard<'_, HashMap<String, tokio::task::JoinHandle<()>>> {
+    pub(super) fn pumps(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, tokio::task::JoinHandle<()>>> {
         self.pumps.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Acker>>> {
+    pub(super) fn held(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Acker>>> {
         self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The entry of ticket `seq` is over: `done` acknowledges its message (deleting it), else
     /// it is handed back for another node (or this one) to take at once.
-    pub(super) fn finish(&self, seq: u64, done: bool) {
+    pub(crate) fn finish(&self, seq: u64, done: bool) {
         let Some(acker) = self.held().remove(&seq) else {
             return;
         };
@@ -210,37 +134,10 @@ impl Cluster {
             }
         });
     }
-
-    /// Whether this node is connected now.
-    pub fn connected(&self) -> bool {
-        self.client.connection_state() == State::Connected
-    }
-
-    pub fn url(&self) -> &str {
-        &self.opts.url
-    }
-
-    pub fn status(&self) -> ClusterStatus {
-        ClusterStatus {
-            url: self.opts.url.clone(),
-            name: self.opts.name.clone(),
-            connected: self.connected(),
-            held: self.held().len(),
-        }
-    }
 }
 
-/// This node in its cluster, as `/api/status` shows it.
-#[derive(Debug, serde::Serialize)]
-pub struct ClusterStatus {
-    pub url: String,
-    pub name: String,
-    pub connected: bool,
-    /// Events this node took from the stream and has not finished.
-    pub held: usize,
-}
-
-fn stream_name(name: &str) -> String {
+/// The stream of the cluster named `name`.
+pub(super) fn name(name: &str) -> String {
     format!("{name}-events")
 }
 
@@ -262,10 +159,7 @@ async fn take(
     shared: &Weak<Shared>,
     module: &str,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let stream = cluster
-        .js
-        .get_stream(stream_name(&cluster.opts.name))
-        .await?;
+    let stream = cluster.js.get_stream(name(&cluster.opts.name)).await?;
     let consumer: Consumer<pull::Config> = stream
         .get_or_create_consumer(
             module,
@@ -322,7 +216,7 @@ async fn take(
 
 /// Every third of the ack wait, a progress acknowledgement for every message this node holds,
 /// so that none goes to another node while it is being worked on here.
-async fn progress(cluster: Weak<Cluster>) {
+pub(super) async fn progress(cluster: Weak<Cluster>) {
     loop {
         let Some(c) = cluster.upgrade() else { return };
         let every = c.opts.ack_wait / 3;

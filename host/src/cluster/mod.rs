@@ -1,0 +1,133 @@
+//! Cluster mode (`orgloop start --cluster nats://HOST:PORT`): several daemons share one queue —
+//! NATS JetStream — and know of each other.
+//!
+//! - [`stream`]: the queue. Events go through the cluster's stream instead of the local log.
+//! - [`nodes`]: each node announces itself in a key-value bucket; `/api/status` and
+//!   `orgloop cluster status` list them.
+//! - [`reload`]: a reload sent to any node is staged on every node, and swapped on all of them
+//!   only if none refused it.
+
+pub mod nodes;
+pub mod reload;
+pub mod stream;
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::connection::State;
+use async_nats::jetstream::message::Acker;
+use async_nats::jetstream::stream::{self as js_stream, DiscardPolicy, RetentionPolicy};
+use async_nats::jetstream::{self as js};
+
+/// How to join a cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// `nats://HOST:PORT` (several, comma-separated).
+    pub url: String,
+    /// Names the stream, its subjects and consumers: daemons with the same name share work.
+    pub name: String,
+    /// JetStream replicas of the stream (1 for a single nats-server; 3 on a 3-server cluster).
+    pub replicas: usize,
+    /// How long a node may hold a message without a sign of life before it goes to another.
+    pub ack_wait: Duration,
+    /// The stream's limit in bytes.
+    pub max_bytes: u64,
+    /// This node's id in the cluster (default: host name and HTTP port).
+    pub node: String,
+}
+
+/// This node's connection to the cluster.
+pub struct Cluster {
+    client: async_nats::Client,
+    js: js::Context,
+    opts: ClusterOptions,
+    /// The messages this node holds, by the sequence number of their ticket.
+    held: Mutex<HashMap<u64, Arc<Acker>>>,
+    /// The pump of each module, while it is registered.
+    pumps: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("url", &self.opts.url)
+            .field("name", &self.opts.name)
+            .finish()
+    }
+}
+
+impl Cluster {
+    /// Connects, creates the stream if it does not exist, and starts the progress
+    /// acknowledgements.
+    pub async fn join(opts: ClusterOptions) -> io::Result<Arc<Cluster>> {
+        let failed = |what: &str, e: &dyn std::fmt::Display| {
+            io::Error::other(format!("{what} {}: {e}", opts.url))
+        };
+        let client = async_nats::ConnectOptions::new()
+            .name("orgloop")
+            .connection_timeout(Duration::from_secs(5))
+            .max_reconnects(None)
+            .connect(opts.url.split(',').map(str::trim).collect::<Vec<_>>())
+            .await
+            .map_err(|e| failed("cannot reach the cluster at", &e))?;
+        let js = js::new(client.clone());
+        js.get_or_create_stream(js_stream::Config {
+            name: stream::name(&opts.name),
+            subjects: vec![format!("{}.events.>", opts.name)],
+            retention: RetentionPolicy::WorkQueue,
+            storage: js_stream::StorageType::File,
+            num_replicas: opts.replicas,
+            duplicate_window: Duration::from_secs(120),
+            max_bytes: opts.max_bytes.min(i64::MAX as u64) as i64,
+            discard: DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| failed("cannot create the stream on", &e))?;
+        let cluster = Arc::new(Cluster {
+            client,
+            js,
+            opts,
+            held: Mutex::default(),
+            pumps: Mutex::default(),
+            runtime: tokio::runtime::Handle::current(),
+        });
+        tokio::spawn(stream::progress(Arc::downgrade(&cluster)));
+        tracing::info!(url = %cluster.opts.url, stream = %stream::name(&cluster.opts.name), "joined the cluster");
+        Ok(cluster)
+    }
+
+    /// Whether this node is connected now.
+    pub fn connected(&self) -> bool {
+        self.client.connection_state() == State::Connected
+    }
+
+    pub fn url(&self) -> &str {
+        &self.opts.url
+    }
+
+    pub fn status(&self) -> ClusterStatus {
+        ClusterStatus {
+            node: self.opts.node.clone(),
+            url: self.opts.url.clone(),
+            name: self.opts.name.clone(),
+            connected: self.connected(),
+            held: self.held().len(),
+        }
+    }
+}
+
+/// This node in its cluster, as `/api/status` shows it.
+#[derive(Debug, serde::Serialize)]
+pub struct ClusterStatus {
+    /// This node's id.
+    pub node: String,
+    pub url: String,
+    pub name: String,
+    pub connected: bool,
+    /// Events this node took from the stream and has not finished.
+    pub held: usize,
+}
