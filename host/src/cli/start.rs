@@ -88,11 +88,20 @@ pub struct StartArgs {
     pub cluster_replicas: usize,
     /// How long a daemon may hold an event without a sign of life before JetStream gives it to
     /// another (after a crash); a daemon alive renews it every third of this.
-    #[arg(long, env = "ORGLOOP_CLUSTER_ACK_WAIT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "ORGLOOP_CLUSTER_ACK_WAIT", default_value = "30s", value_parser = parse_ack_wait)]
     pub cluster_ack_wait: Duration,
     /// This daemon's id in the cluster (default: the host name and the HTTP port).
     #[arg(long, env = "ORGLOOP_NODE_ID")]
     pub node_id: Option<String>,
+}
+
+/// At least a second: a node renews what it holds every third of it.
+fn parse_ack_wait(text: &str) -> Result<Duration, String> {
+    let d = parse_duration(text)?;
+    if d < Duration::from_secs(1) {
+        return Err(format!("{text}: the ack wait is at least 1s"));
+    }
+    Ok(d)
 }
 
 /// A cluster name is part of stream, subject and consumer names: letters, digits, `-`, `_`.
@@ -315,6 +324,9 @@ async fn daemon(args: StartArgs, listener: TcpListener) -> u8 {
         args.shutdown_timeout
     );
     registry.shutdown(args.shutdown_timeout).await;
+    if let Some(cluster) = registry.queue.cluster() {
+        cluster.leave().await;
+    }
     drop(registry);
     cleanup(&store, port, &token);
     match result {

@@ -2,8 +2,8 @@
 //! NATS JetStream — and know of each other.
 //!
 //! - [`stream`]: the queue. Events go through the cluster's stream instead of the local log.
-//! - [`nodes`]: each node announces itself in a key-value bucket; `/api/status` and
-//!   `orgloop cluster status` list them.
+//! - [`nodes`]: each node announces itself every second in a stream that keeps the last record
+//!   of each; `/api/status` and `orgloop cluster status` list them.
 //! - [`reload`]: a reload sent to any node is staged on every node, and swapped on all of them
 //!   only if none refused it.
 
@@ -48,6 +48,8 @@ pub struct Cluster {
     /// The pump of each module, while it is registered.
     pumps: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
     runtime: tokio::runtime::Handle,
+    /// Acknowledgements and hand-backs on their way.
+    acks: tokio_util::task::TaskTracker,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -94,10 +96,20 @@ impl Cluster {
             held: Mutex::default(),
             pumps: Mutex::default(),
             runtime: tokio::runtime::Handle::current(),
+            acks: tokio_util::task::TaskTracker::new(),
         });
         tokio::spawn(stream::progress(Arc::downgrade(&cluster)));
         tracing::info!(url = %cluster.opts.url, stream = %stream::name(&cluster.opts.name), "joined the cluster");
         Ok(cluster)
+    }
+
+    /// Leaves the cluster at a stop: sends what this node still hands back or acknowledges,
+    /// and takes it off the node list at once (not 5 s later, which a reload would wait for).
+    pub async fn leave(&self) {
+        self.acks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.acks.wait()).await;
+        self.forget_node().await;
+        let _ = self.client.flush().await;
     }
 
     /// Whether this node is connected now.

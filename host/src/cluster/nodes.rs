@@ -80,6 +80,14 @@ impl Cluster {
         Ok(nodes)
     }
 
+    /// Takes this node off the list.
+    pub(super) async fn forget_node(&self) {
+        if let Ok(stream) = self.nodes_stream().await {
+            let subject = self.nodes_subject(&key(self.node()));
+            let _ = stream.purge().filter(subject).await;
+        }
+    }
+
     /// This node's id in the cluster.
     pub fn node(&self) -> &str {
         &self.opts.node

@@ -73,8 +73,8 @@ fn subjects(cluster: &Cluster) -> (String, String) {
     (format!("{base}.prepare"), format!("{base}.decide"))
 }
 
-/// Coordinates a reload of `module` on every node; returns the report and whether it was
-/// applied (`None`: refused, nothing changed).
+/// Coordinates a reload of `module` on every node; returns the report and whether anything
+/// was applied (`false`: refused, nothing changed anywhere).
 pub async fn coordinate(cluster: &Cluster, module: &str, opts: &ReloadOptions) -> (bool, Value) {
     let nodes: Vec<String> = match cluster.nodes().await {
         Ok(nodes) => nodes.into_iter().map(|n| n.id).collect(),
@@ -125,8 +125,17 @@ pub async fn coordinate(cluster: &Cluster, module: &str, opts: &ReloadOptions) -
             .iter()
             .map(|n| json!({"node": n, "prepared": "no answer", "outcome": null})),
     );
-    let outcome = if commit {
+    let confirmed = |node: &String| {
+        done.iter()
+            .any(|d| &d.node == node && d.outcome["outcome"] == "swapped")
+    };
+    let unconfirmed: Vec<&String> = ready.iter().filter(|n| !confirmed(n)).collect();
+    let outcome = if commit && unconfirmed.is_empty() {
         "swapped"
+    } else if commit {
+        // A node that staged did not say it swapped: the decision did not reach it, or its
+        // swap failed. The others did swap.
+        "incomplete"
     } else if refused || !missing.is_empty() {
         "rejected"
     } else {
@@ -138,6 +147,7 @@ pub async fn coordinate(cluster: &Cluster, module: &str, opts: &ReloadOptions) -
         "cluster": true,
         "nodes": per_node,
         "missing": missing,
+        "unconfirmed": unconfirmed,
     });
     (outcome != "rejected", report)
 }
@@ -263,13 +273,16 @@ pub fn serve(cluster: Arc<Cluster>, registry: Weak<Registry>) {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(request.id.clone(), tx);
-            tokio::spawn(take_part(
-                cluster.clone(),
-                registry,
-                request,
-                reply.to_string(),
-                rx,
-            ));
+            let (cluster, decisions) = (cluster.clone(), decisions.clone());
+            tokio::spawn(async move {
+                let id = request.id.clone();
+                take_part(cluster, registry, request, reply.to_string(), rx).await;
+                // Still there when no decision came in time.
+                decisions
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id);
+            });
         }
     });
 }
@@ -289,8 +302,8 @@ async fn take_part(
         outcome,
     };
     let Some(module) = registry.module(&request.module) else {
-        let outcome = json!({"outcome": "rejected", "module": request.module, "error": format!("module {} is not loaded on node {node}", request.module)});
-        let _ = send(&cluster, &reply, None, &answer("rejected", Some(outcome))).await;
+        // Not every node must run every module: one that does not is simply not part of it.
+        let _ = send(&cluster, &reply, None, &answer("absent", None)).await;
         return;
     };
     let done_to: Arc<Mutex<Option<String>>> = Arc::default();

@@ -2,9 +2,11 @@
 //!
 //! - A webhook accepted by any node is published to the stream `<name>-events`, on the subject
 //!   `<name>.events.<module>`, with the event id as `Nats-Msg-Id`, and answered `202` only once
-//!   JetStream has acknowledged the write: a client's retry of the same event is deduplicated
-//!   by the server (within its two-minute window). Without a connection the webhook answers
-//!   `503` at once, never `202` for an event nothing stored.
+//!   JetStream has acknowledged the write: a publish sent twice (a client library's own retry
+//!   after a lost acknowledgement) is stored once (within the two-minute window). Without a
+//!   connection the webhook answers `503` at once, never `202` for an event nothing stored.
+//! - A node takes a module's events only while the module has room (`max_queue_bytes`); what it
+//!   cannot take waits in the stream for another node.
 //! - Each module has one durable pull consumer, shared by every node: each message goes to one
 //!   node, which routes and delivers it, then acknowledges it. A message waiting for a retry or
 //!   a long agent session is kept alive with progress acknowledgements. A node that stops hands
@@ -36,6 +38,8 @@ use crate::queue::{new_ticket, Entry, Refused, Shared, Stored, RESIDENT};
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a pump waits before it asks for its consumer again after an error.
 const PUMP_BACKOFF: Duration = Duration::from_millis(500);
+/// How often a node whose module has no room looks again before it takes the next event.
+const ROOM_BACKOFF: Duration = Duration::from_millis(10);
 /// Messages a module's consumer may have handed out and not yet acknowledged, over all nodes.
 const MAX_ACK_PENDING: i64 = 20_000;
 
@@ -59,9 +63,15 @@ impl Cluster {
             )));
         }
         let json = serde_json::to_vec(event).map_err(|e| Refused::Failed(e.to_string()))?;
+        // The event id deduplicates a publish sent twice; a replayed dead letter is a new
+        // delivery of an event already stored once, so it gets an id of its own.
+        let id = match route {
+            None => event.id().to_owned(),
+            Some(route) => format!("{}:{route}:replay-{accepted_ms}", event.id()),
+        };
         let mut publish = Publish::build()
             .payload(json.into())
-            .message_id(event.id())
+            .message_id(id)
             .header(ACCEPTED_MS, accepted_ms.to_string().as_str());
         if let Some(route) = route {
             publish = publish.header(ROUTE, route);
@@ -123,17 +133,35 @@ impl Cluster {
         let Some(acker) = self.held().remove(&seq) else {
             return;
         };
-        self.runtime.spawn(async move {
-            let kind = if done {
-                AckKind::Ack
-            } else {
-                AckKind::Nak(None)
-            };
-            if let Err(e) = acker.ack_with(kind).await {
-                tracing::warn!("cannot acknowledge a message to the cluster: {e}");
-            }
-        });
+        // Tracked, so that a stop waits for its hand-backs to be sent (see `Cluster::leave`).
+        self.acks.spawn_on(
+            async move {
+                let kind = if done {
+                    AckKind::Ack
+                } else {
+                    AckKind::Nak(None)
+                };
+                if let Err(e) = acker.ack_with(kind).await {
+                    tracing::warn!("cannot acknowledge a message to the cluster: {e}");
+                }
+            },
+            &self.runtime,
+        );
     }
+}
+
+/// A module's consumer name: JetStream's names have no `.`, `*`, `>` or white space.
+fn consumer_name(module: &str) -> String {
+    module
+        .chars()
+        .map(|c| {
+            if matches!(c, '.' | '*' | '>') || c.is_whitespace() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect()
 }
 
 /// The stream of the cluster named `name`.
@@ -160,11 +188,12 @@ async fn take(
     module: &str,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let stream = cluster.js.get_stream(name(&cluster.opts.name)).await?;
+    let durable = consumer_name(module);
     let consumer: Consumer<pull::Config> = stream
         .get_or_create_consumer(
-            module,
+            &durable,
             pull::Config {
-                durable_name: Some(module.to_owned()),
+                durable_name: Some(durable.clone()),
                 filter_subject: format!("{}.events.{module}", cluster.opts.name),
                 ack_policy: AckPolicy::Explicit,
                 ack_wait: cluster.opts.ack_wait,
@@ -201,6 +230,11 @@ async fn take(
         let seq = shared.next_seq.fetch_add(1, Ordering::Relaxed);
         let bytes = message.payload.len() as u64 + RESIDENT;
         cluster.held().insert(seq, Arc::new(acker));
+        // This node takes no more than its module's `max_queue_bytes`: the rest stays in the
+        // stream for the other nodes (the one taken meanwhile is kept alive by progress acks).
+        while !shared.has_room(module, bytes) {
+            tokio::time::sleep(ROOM_BACKOFF).await;
+        }
         shared.track(module, seq, accepted_ms, bytes);
         shared.hand_off(Entry {
             ticket: new_ticket(&shared, seq, module, bytes, true),

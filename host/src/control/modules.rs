@@ -213,7 +213,14 @@ pub async fn reload(
         if app.registry.module(&name).is_none() {
             return Err(crate::module::LoadError::NotFound(name).into());
         }
-        let (applied, report) = crate::cluster::reload::coordinate(&cluster, &name, &opts).await;
+        // On a task of its own: a client that hangs up must not leave the nodes without a
+        // decision.
+        let coordinated = tokio::spawn(async move {
+            crate::cluster::reload::coordinate(&cluster, &name, &opts).await
+        });
+        let (applied, report) = coordinated
+            .await
+            .map_err(|e| ApiError::Internal(format!("reload task failed: {e}")))?;
         let status = if applied {
             StatusCode::OK
         } else {

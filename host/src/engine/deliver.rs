@@ -328,8 +328,12 @@ fn log_retry(g: &Generation, job: &Job, actor: &str, p: &Progress, wait: Duratio
 }
 
 /// The module stops: at shutdown the delivery stays stored for the next start; at an unload it
-/// goes to the dead letters.
+/// goes to the dead letters — except in a cluster, where the other nodes may still run the
+/// module: there it goes back to the stream either way.
 async fn stopped(module: &Arc<Module>, job: &Job, p: &Progress) {
+    if module.queue.clustered() {
+        return job.ticket.abandon();
+    }
     match module.stopping_for() {
         Stopping::Shutdown => job.ticket.abandon(),
         Stopping::Unload => {

@@ -313,9 +313,15 @@ impl Registry {
         // the plugin call that emitted it (a transform that emits from `apply` would otherwise
         // recurse into itself). It is stored before anything the actor does after
         // emitting (the log keeps the order), so it is not lost with the delivery that made it.
+        // In a cluster there is no such order between the stream and the acknowledgement of
+        // the delivery, so the emit waits until the stream has the event.
         let emitter: Emitter = Arc::new(move |event| {
             let m = weak.upgrade().ok_or("the module was unloaded")?;
-            m.accept(event, None).map(drop).map_err(|e| e.to_string())
+            let stored = m.accept(event, None).map_err(|e| e.to_string())?;
+            if m.queue.clustered() {
+                stored.wait_blocking().map_err(|e| e.to_string())?;
+            }
+            Ok(())
         });
         let (loader, http) = (self.loader.clone(), self.http.clone());
         let route_stats = module.route_stats();

@@ -272,6 +272,17 @@ impl Shared {
         rx
     }
 
+    /// Whether `module`'s lane can take `bytes` more (its `max_queue_bytes`, and the daemon's).
+    pub(crate) fn has_room(&self, module: &str, bytes: u64) -> bool {
+        let lanes = self.lanes();
+        let used = lanes.get(module).map_or(0, |l| l.used);
+        let max = lanes.get(module).map_or(u64::MAX, |l| l.max);
+        // Always room for one: an event larger than the limit still goes through, alone.
+        used == 0
+            || (used + bytes <= max
+                && self.used_total.load(Ordering::Relaxed) + bytes <= self.max_total)
+    }
+
     /// Counts an entry taken from the cluster's stream, for `module status` and the limits.
     pub(crate) fn track(&self, module: &str, seq: u64, accepted_ms: i64, bytes: u64) {
         let mut lanes = self.lanes();
@@ -304,6 +315,14 @@ impl Shared {
             },
             None => entry,
         };
+        if self.cluster.is_some() {
+            // Not kept here for a module this node no longer runs: dropped undispatched (after
+            // the lock, which its ticket takes), its message goes back to the stream for
+            // another node.
+            drop(lanes);
+            drop(entry);
+            return;
+        }
         lane.parked.push(entry);
     }
 }
@@ -619,12 +638,37 @@ pub struct Connection {
 pub struct Stored(pub(crate) oneshot::Receiver<io::Result<()>>);
 
 impl Stored {
+    /// Like [`wait`](Self::wait), from a thread that may block (a plugin's `emit`), which must
+    /// not be the one that would resolve it.
+    pub fn wait_blocking(self) -> Result<(), Refused> {
+        block_on(self.wait())
+    }
+
     pub async fn wait(self) -> Result<(), Refused> {
         match self.0.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(Refused::Failed(format!("the store could not write: {e}"))),
             Err(_) => Err(Refused::Failed("the store is closed".into())),
         }
+    }
+}
+
+/// Runs `future` to its end on this thread, parked while it waits.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let std::task::Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::park();
     }
 }
 

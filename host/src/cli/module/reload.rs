@@ -88,10 +88,10 @@ pub fn run(client: &Client, args: &ReloadArgs) -> u8 {
         } else {
             print_cluster(&report);
         }
-        return if report["outcome"] == "rejected" {
-            exit::INVALID
-        } else {
-            exit::OK
+        return match report["outcome"].as_str() {
+            Some("rejected") => exit::INVALID,
+            Some("incomplete") => exit::FAILURE,
+            _ => exit::OK,
         };
     }
     // With a rollout, the generation that drains is known once it ends.
@@ -191,6 +191,10 @@ fn print_cluster(r: &Value) {
     match r["outcome"].as_str().unwrap_or_default() {
         "swapped" => println!("✓ {name}: reloaded on {} nodes", nodes.len()),
         "rejected" => println!("✗ {name}: reload refused; nothing changed on any node"),
+        "incomplete" => println!(
+            "! {name}: swapped, but not confirmed by {} (see their status)",
+            r["unconfirmed"]
+        ),
         other => println!("= {name}: {other} on every node"),
     }
     for n in nodes {
