@@ -324,3 +324,44 @@ fn a_reload_sent_to_one_node_reaches_every_node_and_one_refusal_swaps_nowhere() 
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn a_poller_runs_on_one_node_and_fails_over_from_its_checkpoint() {
+    let dir = test_dir("cluster_poller");
+    let nats = Nats::start(&dir);
+    let sink = Sink::start();
+    let (port, requests) = crate::sources::feed(25);
+    // The same module on two machines; each tells the feed who polls (`x-version`).
+    let dirs = [dir.join("a"), dir.join("b")];
+    crate::sources::module(&dirs[0], port, &sink, "a");
+    crate::sources::module(&dirs[1], port, &sink, "b");
+    let mut nodes = nodes_on(&dir, &[&dirs[0], &dirs[1]], &nats);
+    sink.wait_delivered(&(1..=10).collect::<Vec<_>>());
+
+    // One node polls; the other waits for the lease.
+    let pollers: HashSet<String> = requests
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, v)| v.clone())
+        .collect();
+    assert_eq!(pollers.len(), 1, "polled by {pollers:?}");
+    let leader = pollers.into_iter().next().unwrap();
+    let index = if leader == "a" { 0 } else { 1 };
+    let before = requests.lock().unwrap().len();
+    nodes.remove(index).kill();
+
+    // After the lease runs out (the ack wait), the other continues from the checkpoint.
+    let counts = sink.wait_delivered(&(1..=25).collect::<Vec<_>>());
+    let log = requests.lock().unwrap().clone();
+    let taken_over: Vec<&(Option<u64>, String)> =
+        log[before..].iter().filter(|(_, v)| *v != leader).collect();
+    let first = taken_over.first().expect("the other node polled");
+    assert!(
+        first.0.is_some_and(|since| since >= 10),
+        "it continued from the checkpoint, not from the start: {first:?}"
+    );
+    let twice: usize = counts.values().map(|c| c - 1).sum();
+    // At most the one event of a poll in flight at the kill comes twice.
+    assert!(twice <= 1, "{counts:?}");
+}

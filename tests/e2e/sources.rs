@@ -12,11 +12,11 @@ use crate::harness::*;
 use crate::swap::install;
 
 /// Each request the feed got: its `since` and its `x-version` header.
-type FeedLog = Arc<Mutex<Vec<(Option<u64>, String)>>>;
+pub(crate) type FeedLog = Arc<Mutex<Vec<(Option<u64>, String)>>>;
 
 /// A feed of `total` notes, served one per request after `since`; records each request's
 /// `since` and `x-version` header.
-fn feed(total: u64) -> (u16, FeedLog) {
+pub(crate) fn feed(total: u64) -> (u16, FeedLog) {
     let seen: FeedLog = Arc::default();
     let log = seen.clone();
     let app = axum::Router::new().route(
@@ -55,7 +55,7 @@ fn feed(total: u64) -> (u16, FeedLog) {
     (port, seen)
 }
 
-fn module(dir: &std::path::Path, feed_port: u16, sink: &Sink, version: &str) {
+pub(crate) fn module(dir: &std::path::Path, feed_port: u16, sink: &Sink, version: &str) {
     install(dir, "http", &plugin("http"));
     let project = "apiVersion: orgloop/v1alpha1\nkind: Project\nmetadata: {name: polled}\nplugins: [{name: http, path: plugins/libhttp.so}]\nconnectors: [connectors/c.yaml]\n";
     let connectors = format!(

@@ -4,9 +4,11 @@
 //! - [`stream`]: the queue. Events go through the cluster's stream instead of the local log.
 //! - [`nodes`]: each node announces itself every second in a stream that keeps the last record
 //!   of each; `/api/status` and `orgloop cluster status` list them.
+//! - [`lease`]: a polling source runs on one node at a time, with its checkpoint in the cluster.
 //! - [`reload`]: a reload sent to any node is staged on every node, and swapped on all of them
 //!   only if none refused it.
 
+pub mod lease;
 pub mod nodes;
 pub mod reload;
 pub mod stream;

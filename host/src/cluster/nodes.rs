@@ -141,8 +141,8 @@ pub fn announce(cluster: Arc<Cluster>, registry: Weak<Registry>, address: String
     });
 }
 
-/// A node id as one token of a subject (letters, digits, `-`, `_`; the rest becomes `_`).
-fn key(node: &str) -> String {
+/// A name as one token of a subject (letters, digits, `-`, `_`; the rest becomes `_`).
+pub(super) fn key(node: &str) -> String {
     node.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || matches!(c, '-' | '_') {

@@ -4,6 +4,7 @@
 //! module): a poll the old one had in flight is abandoned before it advanced the checkpoint, so the
 //! new one fetches that range again — nothing lost, nothing twice.
 
+use crate::cluster::lease::{Lease, WAIT_FOR_LEASE};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
@@ -86,8 +87,33 @@ fn spawn(module: &Arc<Module>, slot: &SourceSlot, previous: Option<JoinHandle<()
         if let Some(previous) = previous {
             let _ = previous.await;
         }
+        // In a cluster, only the node that holds the source's lease polls it.
+        let cluster = module.upgrade().and_then(|m| m.queue.cluster());
+        let lease = module
+            .upgrade()
+            .zip(cluster.as_ref())
+            .map(|(m, c)| Lease::claim(c, &m.name, &id));
+        let mut leading = false;
         loop {
             let Some(m) = module.upgrade() else { return };
+            if let (Some(lease), Some(cluster)) = (&lease, &cluster) {
+                if !lease.held() {
+                    leading = false;
+                    drop(m);
+                    tokio::select! {
+                        biased;
+                        _ = task_stop.cancelled() => return,
+                        _ = tokio::time::sleep(WAIT_FOR_LEASE) => continue,
+                    }
+                }
+                if !leading {
+                    // Just took over: continue where the last node left off.
+                    if let Some(cp) = cluster.checkpoint(&m.name, &id).await {
+                        m.adopt_checkpoint(&id, cp);
+                    }
+                    leading = true;
+                }
+            }
             let stats = m.source_stats(&id);
             let polled = tokio::select! {
                 biased;

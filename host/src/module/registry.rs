@@ -296,18 +296,6 @@ impl Registry {
         spec: Arc<ModuleSpec>,
         previous: Option<Arc<Generation>>,
     ) -> Result<Arc<Generation>, LoadError> {
-        if self.queue.clustered() {
-            let poller = spec
-                .sources
-                .iter()
-                .find(|s| !matches!(s.kind, SourceKind::Webhook(_)));
-            if let Some(s) = poller {
-                let why = format!("source {:?} polls, and pollers do not run in cluster mode yet: each node would poll it (use a webhook source, or run this module without --cluster)", s.id);
-                return Err(LoadError::Invalid(vec![ConfigError::new(
-                    &spec.dir, None, "sources", why,
-                )]));
-            }
-        }
         let weak: Weak<Module> = Arc::downgrade(module);
         // An emitted event is queued like any other and routed by the dispatcher, never inside
         // the plugin call that emitted it (a transform that emits from `apply` would otherwise

@@ -386,6 +386,14 @@ impl Module {
             .cloned()
     }
 
+    /// Takes a source's checkpoint as it is (kept by the cluster: another node polled it).
+    pub(super) fn adopt_checkpoint(&self, source: &str, checkpoint: String) {
+        self.checkpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(source.to_owned(), checkpoint);
+    }
+
     /// Records a source's checkpoint, in memory and in the store (after the events polled with
     /// it, so that it never runs ahead of what was stored).
     pub fn set_checkpoint(&self, source: &str, checkpoint: String) {

@@ -557,6 +557,9 @@ impl Queue {
     /// Stores the latest checkpoint of a polled source. It is written after every event sent to
     /// the queue before it, so it never runs ahead of what was stored.
     pub fn checkpoint(&self, module: &str, source: &str, value: &str) {
+        if let Some(cluster) = &self.shared.cluster {
+            cluster.set_checkpoint(module, source, value);
+        }
         self.shared
             .checkpoints
             .lock()
