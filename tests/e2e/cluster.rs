@@ -46,22 +46,41 @@ fn held_by(daemon: &Daemon) -> u64 {
         .unwrap_or(0)
 }
 
-/// A daemon per module directory of `modules`, joined to `nats`, each with a home of its own.
+/// Node `node-<i>` on `module`, joined to `nats`, with a home of its own and `flags`.
+fn node(dir: &Path, i: usize, module: &Path, nats: &Nats, flags: &[&str]) -> Daemon {
+    let mut env = base_env(&dir.join(format!("home{i}")));
+    env.push(("ORGLOOP_CLUSTER".into(), nats.url()));
+    let ack_wait = format!("{}s", ACK_WAIT.as_secs());
+    env.push(("ORGLOOP_CLUSTER_ACK_WAIT".into(), ack_wait));
+    env.push(("ORGLOOP_NODE_ID".into(), format!("node-{i}")));
+    Daemon::try_start_with(&[module], flags, &env)
+        .unwrap_or_else(|log| panic!("node {i} did not start:\n{log}"))
+}
+
+/// A daemon per module directory of `modules`.
 fn nodes_on(dir: &Path, modules: &[&Path], nats: &Nats) -> Vec<Daemon> {
     modules
         .iter()
         .enumerate()
-        .map(|(i, module)| {
-            let mut env = base_env(&dir.join(format!("home{i}")));
-            env.push(("ORGLOOP_CLUSTER".into(), nats.url()));
-            env.push((
-                "ORGLOOP_CLUSTER_ACK_WAIT".into(),
-                format!("{}s", ACK_WAIT.as_secs()),
-            ));
-            env.push(("ORGLOOP_NODE_ID".into(), format!("node-{i}")));
-            Daemon::start(&[module], &env)
-        })
+        .map(|(i, module)| node(dir, i, module, nats, &[]))
         .collect()
+}
+
+/// Waits until `daemon` lists `n` nodes whose records match `check`.
+fn wait_nodes(daemon: &Daemon, n: usize, check: impl Fn(&serde_json::Value) -> bool) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, c) = daemon.cli_json(&["cluster", "status", "--json"]);
+        let nodes = c["nodes"].as_array().cloned().unwrap_or_default();
+        if nodes.len() == n && nodes.iter().all(&check) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the nodes are not as expected: {c:#}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// `n` daemons on the module in `module`.
@@ -253,18 +272,7 @@ fn a_reload_sent_to_one_node_reaches_every_node_and_one_refusal_swaps_nowhere() 
         &dirs.iter().map(|d| d.as_path()).collect::<Vec<_>>(),
         &nats,
     );
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let (_, c) = nodes[0].cli_json(&["cluster", "status", "--json"]);
-        if c["nodes"].as_array().is_some_and(|n| n.len() == 3) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the nodes did not all announce themselves: {c:#}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_nodes(&nodes[0], 3, |_| true);
 
     // The change on every machine, the reload sent to node 1 only.
     for d in &dirs {
@@ -364,4 +372,31 @@ fn a_poller_runs_on_one_node_and_fails_over_from_its_checkpoint() {
     let twice: usize = counts.values().map(|c| c - 1).sum();
     // At most the one event of a poll in flight at the kill comes twice.
     assert!(twice <= 1, "{counts:?}");
+}
+
+#[test]
+fn a_change_watched_on_one_node_is_reloaded_on_every_node() {
+    let dir = test_dir("cluster_watch");
+    let nats = Nats::start(&dir);
+    let sink = Sink::start();
+    let dirs = [dir.join("a"), dir.join("b")];
+    for d in &dirs {
+        module_at(d, &sink, "/v1");
+    }
+    let nodes = [
+        node(&dir, 0, &dirs[0], &nats, &["--watch"]),
+        node(&dir, 1, &dirs[1], &nats, &[]),
+    ];
+    wait_nodes(&nodes[1], 2, |n| n["modules"][0]["generation"] == 1);
+
+    // The change lands on both machines; only node 0 watches, and it reloads them both.
+    for d in &dirs {
+        module_at(d, &sink, "/v2");
+    }
+    wait_nodes(&nodes[1], 2, |n| n["modules"][0]["generation"] == 2);
+    for (i, n) in nodes.iter().enumerate() {
+        assert_eq!(n.post("in", &note(i as u64)).status, 202);
+    }
+    sink.wait_delivered(&[0, 1]);
+    assert!(sink.received().iter().all(|r| r.path == "/v2"));
 }

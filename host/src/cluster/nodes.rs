@@ -29,6 +29,9 @@ pub struct Node {
     pub modules: Vec<ModuleGeneration>,
     /// Events it took from the stream and has not finished.
     pub held: usize,
+    /// It runs with `--watch`.
+    #[serde(default)]
+    pub watching: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -124,6 +127,7 @@ pub fn announce(cluster: Arc<Cluster>, registry: Weak<Registry>, address: String
                     })
                     .collect(),
                 held: cluster.held().len(),
+                watching: registry.watching(),
             };
             drop(registry);
             if let (true, Ok(record)) = (opened, serde_json::to_vec(&me)) {

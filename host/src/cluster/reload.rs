@@ -152,6 +152,28 @@ pub async fn coordinate(cluster: &Cluster, module: &str, opts: &ReloadOptions) -
     (outcome != "rejected", report)
 }
 
+/// A change `--watch` saw: reloaded across the cluster by the first node (by id) of those that
+/// watch, so that several watching nodes do not coordinate one change at once (each would wait
+/// for the others' prepares, behind their locks, until the prepare timeout).
+pub async fn on_change(cluster: &Cluster, module: &str) {
+    let nodes = cluster.nodes().await.unwrap_or_default();
+    let first = nodes
+        .iter()
+        .filter(|n| n.watching)
+        .map(|n| n.id.as_str())
+        .min();
+    if let Some(first) = first.filter(|f| *f != cluster.node()) {
+        tracing::info!(module = %module, "files changed; node {first} reloads the cluster");
+        return;
+    }
+    let (applied, report) = coordinate(cluster, module, &ReloadOptions::default()).await;
+    if applied {
+        tracing::info!(module = %module, outcome = %report["outcome"], "automatic reload across the cluster");
+    } else {
+        tracing::warn!(module = %module, "automatic reload across the cluster refused; every node keeps its generation: {report}");
+    }
+}
+
 /// Publishes `message` on `subject` and collects the answers of `from` (by their `node`),
 /// until all of them answered or `within` is over.
 async fn ask<M: Serialize, A: for<'de> Deserialize<'de> + Named>(

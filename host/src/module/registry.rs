@@ -82,6 +82,14 @@ impl Registry {
         }
     }
 
+    /// Whether the daemon reloads its modules when their files change (`--watch`).
+    pub fn watching(&self) -> bool {
+        self.watch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<Module>>> {
         self.modules.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -119,6 +119,10 @@ async fn watch(registry: Arc<Registry>, name: &str, debounce: Duration) -> notif
         // Debounce: wait until nothing changed for `debounce`.
         while let Ok(Some(())) = tokio::time::timeout(debounce, rx.recv()).await {}
         wait_until_stable(&plugins).await;
+        if let Some(cluster) = registry.queue.cluster() {
+            crate::cluster::reload::on_change(&cluster, name).await;
+            continue;
+        }
         match registry.reload(name, &ReloadOptions::default()).await {
             Ok(ReloadOutcome::Rejected { errors, .. }) => {
                 tracing::warn!(module = %name, "automatic reload rejected; the current generation keeps serving:\n{}", render_errors(&errors));
