@@ -45,6 +45,22 @@ fn post_notes(daemon: &Daemon, ns: std::ops::Range<u64>) {
     }
 }
 
+/// `module reload m --auto-rollback --bake <bake>`, which must be taken; its report.
+fn reload_with_auto_rollback(daemon: &Daemon, bake: &str) -> Value {
+    let args = [
+        "module",
+        "reload",
+        "m",
+        "--auto-rollback",
+        "--bake",
+        bake,
+        "--json",
+    ];
+    let (code, report) = daemon.cli_json(&args);
+    assert_eq!(code, 0, "{report:#}");
+    report
+}
+
 fn rollout(daemon: &Daemon) -> Value {
     daemon.module_status("m")["rollout"].clone()
 }
@@ -61,16 +77,7 @@ fn a_failing_new_generation_is_rolled_back_and_every_event_arrives_through_the_o
     good.wait_delivered(&(0..10).collect::<Vec<_>>());
 
     point_at(&m, &bad.url("/v2"));
-    let (code, report) = daemon.cli_json(&[
-        "module",
-        "reload",
-        "m",
-        "--auto-rollback",
-        "--bake",
-        "30s",
-        "--json",
-    ]);
-    assert_eq!(code, 0, "{report:#}");
+    let report = reload_with_auto_rollback(&daemon, "30s");
     assert_eq!(report["rollout"]["phase"], "baking", "{report:#}");
     let started = Instant::now();
     post_notes(&daemon, 10..40);
@@ -254,16 +261,8 @@ fn a_bake_compares_with_the_previous_generation_s_own_traffic_not_with_none() {
     // After the full swap the previous generation gets no traffic; its figures from before
     // the swap are the ones to beat.
     point_at(&m, &sink.url("/v2"));
-    let (code, report) = daemon.cli_json(&[
-        "module",
-        "reload",
-        "m",
-        "--auto-rollback",
-        "--bake",
-        "2s",
-        "--json",
-    ]);
-    assert_eq!(code, 0, "{report:#}");
+    let report = reload_with_auto_rollback(&daemon, "2s");
+    assert_eq!(report["rollout"]["phase"], "baking", "{report:#}");
     post_notes(&daemon, 30..60);
     let ended = daemon.wait_status("m", "the rollout to end", |s| {
         matches!(

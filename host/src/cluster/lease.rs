@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::context::Publish;
-use async_nats::jetstream::stream::{self, DiscardPolicy};
+use async_nats::jetstream::stream;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -31,21 +31,10 @@ struct Record {
 
 impl Cluster {
     async fn leases(&self) -> Result<stream::Stream, String> {
-        self.js
-            .get_or_create_stream(stream::Config {
-                name: format!("{}-leases", self.opts.name),
-                subjects: vec![
-                    format!("{}.leases.>", self.opts.name),
-                    format!("{}.checkpoints.>", self.opts.name),
-                ],
-                max_messages_per_subject: 1,
-                discard: DiscardPolicy::Old,
-                storage: stream::StorageType::File,
-                num_replicas: self.opts.replicas,
-                ..Default::default()
-            })
+        let name = &self.opts.name;
+        let subjects = vec![format!("{name}.leases.>"), format!("{name}.checkpoints.>")];
+        self.records("leases", subjects, None, stream::StorageType::File)
             .await
-            .map_err(|e| format!("cannot open the cluster's leases: {e}"))
     }
 
     fn subject(&self, kind: &str, module: &str, source: &str) -> String {

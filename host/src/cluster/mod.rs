@@ -114,6 +114,30 @@ impl Cluster {
         let _ = self.client.flush().await;
     }
 
+    /// The stream `<name>-<what>` on `subjects` that keeps the last record of each subject (for
+    /// `max_age`, when given): a key-value store of records, kept by JetStream.
+    async fn records(
+        &self,
+        what: &str,
+        subjects: Vec<String>,
+        max_age: Option<Duration>,
+        storage: js_stream::StorageType,
+    ) -> Result<js_stream::Stream, String> {
+        self.js
+            .get_or_create_stream(js_stream::Config {
+                name: format!("{}-{what}", self.opts.name),
+                subjects,
+                max_messages_per_subject: 1,
+                max_age: max_age.unwrap_or_default(),
+                discard: DiscardPolicy::Old,
+                storage,
+                num_replicas: self.opts.replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("cannot open the cluster's {what}: {e}"))
+    }
+
     /// Whether this node is connected now.
     pub fn connected(&self) -> bool {
         self.client.connection_state() == State::Connected

@@ -7,7 +7,7 @@
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::stream::{self, DiscardPolicy};
+use async_nats::jetstream::stream;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
@@ -48,19 +48,14 @@ impl Cluster {
     }
 
     async fn nodes_stream(&self) -> Result<stream::Stream, String> {
-        self.js
-            .get_or_create_stream(stream::Config {
-                name: format!("{}-nodes", self.opts.name),
-                subjects: vec![self.nodes_subject("*")],
-                max_messages_per_subject: 1,
-                max_age: GONE_AFTER,
-                discard: DiscardPolicy::Old,
-                storage: stream::StorageType::Memory,
-                num_replicas: self.opts.replicas,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| format!("cannot open the cluster's node list: {e}"))
+        let subjects = vec![self.nodes_subject("*")];
+        self.records(
+            "nodes",
+            subjects,
+            Some(GONE_AFTER),
+            stream::StorageType::Memory,
+        )
+        .await
     }
 
     /// The nodes alive now (this one included), by id.
