@@ -7,14 +7,17 @@
 //! `<name>.checkpoints.<module>.<source>`. A lease is taken or renewed by a publish that names
 //! the sequence of the record it replaces (`Nats-Expected-Last-Subject-Sequence`): of two nodes
 //! that try at once, one wins. It lasts the cluster's ack wait and is renewed every third of it;
-//! a node that died loses it when it runs out, and a node that could not renew stops polling.
+//! a node that died loses it when it runs out. The holder stops polling a third of the ack wait
+//! before that, counted on its own clock from before its last renewal was asked, so that a node
+//! cut off from NATS has stopped before another can take over (clocks must agree to within a
+//! third of the ack wait). The checkpoint is stored, and acknowledged, before the next poll.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::context::Publish;
-use async_nats::jetstream::stream;
+use async_nats::jetstream::stream::{self, LastRawMessageErrorKind};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -72,55 +75,90 @@ impl Cluster {
         ack.await.ok().map(|a| a.sequence)
     }
 
-    /// The checkpoint of `module`'s `source` the cluster keeps.
-    pub async fn checkpoint(&self, module: &str, source: &str) -> Option<String> {
-        let stream = self.leases().await.ok()?;
-        let m = stream
-            .get_last_raw_message_by_subject(&self.subject("checkpoints", module, source))
-            .await
-            .ok()?;
-        String::from_utf8(m.payload.to_vec()).ok()
+    /// The checkpoint of `module`'s `source` the cluster keeps (`None`: never stored).
+    pub async fn checkpoint(&self, module: &str, source: &str) -> Result<Option<String>, String> {
+        let stream = self.leases().await?;
+        let subject = self.subject("checkpoints", module, source);
+        match stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(m) => Ok(String::from_utf8(m.payload.to_vec()).ok()),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(format!("cannot read a checkpoint from the cluster: {e}")),
+        }
     }
 
-    /// Stores the checkpoint of `module`'s `source` in the cluster (after the events polled with
-    /// it were stored: the caller waited for them).
-    pub fn set_checkpoint(self: &Arc<Self>, module: &str, source: &str, value: &str) {
+    /// Stores the checkpoint of `module`'s `source` in the cluster, after the events polled with
+    /// it were stored (the caller waited for them), and before the next poll.
+    pub async fn store_checkpoint(
+        &self,
+        module: &str,
+        source: &str,
+        value: &str,
+    ) -> Result<(), String> {
         let subject = self.subject("checkpoints", module, source);
-        let (cluster, value) = (self.clone(), value.to_owned());
-        self.runtime.spawn(async move {
-            let published = match cluster.js.publish(subject, value.into()).await {
-                Ok(ack) => ack.await.map(drop).map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            if let Err(e) = published {
-                tracing::warn!("cannot store a checkpoint in the cluster: {e}");
-            }
-        });
+        let ack = self
+            .js
+            .publish(subject, value.to_owned().into())
+            .await
+            .map_err(|e| e.to_string())?;
+        ack.await.map(drop).map_err(|e| e.to_string())
     }
 }
 
 /// This node's claim on one source's lease, renewed by a task of its own until dropped.
 pub struct Lease {
-    held: Arc<AtomicBool>,
+    state: Arc<Held>,
     stop: CancellationToken,
+}
+
+/// Whether, and until when on this node's own clock, the lease is this node's.
+#[derive(Default)]
+struct Held {
+    /// Monotonic ms (since `BASE`) until which this node may poll; 0: not held.
+    until: AtomicI64,
+    /// How many times this node took the lease after not holding it.
+    terms: AtomicU64,
+}
+
+fn mono_ms() -> i64 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    BASE.get_or_init(Instant::now).elapsed().as_millis() as i64
 }
 
 impl Lease {
     /// Starts trying to take (and then keep) the lease of `module`'s `source`.
     pub fn claim(cluster: &Arc<Cluster>, module: &str, source: &str) -> Lease {
-        let held = Arc::new(AtomicBool::new(false));
+        let state = Arc::new(Held::default());
         let stop = CancellationToken::new();
-        let (c, h, s) = (cluster.clone(), held.clone(), stop.clone());
+        let (c, h, s) = (cluster.clone(), state.clone(), stop.clone());
         let (module, source) = (module.to_owned(), source.to_owned());
-        let every = cluster.opts.ack_wait / 3;
+        let ack_wait = cluster.opts.ack_wait;
+        let every = ack_wait / 3;
         cluster.runtime.spawn(async move {
             let mut seq = None;
             loop {
-                seq = c.take(&module, &source, seq).await;
-                let had = h.swap(seq.is_some(), Ordering::AcqRel);
-                if had != seq.is_some() {
-                    let what = if seq.is_some() { "took" } else { "lost" };
-                    tracing::info!(module = %module, source = %source, "{what} the poller's lease");
+                // A renewal that takes too long counts as lost: the lease runs out meanwhile.
+                let asked = mono_ms();
+                seq = tokio::time::timeout(every, c.take(&module, &source, seq))
+                    .await
+                    .unwrap_or(None);
+                let had = h.until.load(Ordering::Acquire) > mono_ms();
+                match seq {
+                    // Polls stop a third of the ack wait before the lease runs out for the others,
+                    // counted on this node's clock from before the renewal was asked.
+                    Some(_) => {
+                        let until = asked + (ack_wait - every).as_millis() as i64;
+                        h.until.store(until, Ordering::Release);
+                        if !had {
+                            h.terms.fetch_add(1, Ordering::AcqRel);
+                            tracing::info!(module = %module, source = %source, "took the poller's lease");
+                        }
+                    }
+                    None => {
+                        h.until.store(0, Ordering::Release);
+                        if had {
+                            tracing::info!(module = %module, source = %source, "lost the poller's lease");
+                        }
+                    }
                 }
                 tokio::select! {
                     _ = s.cancelled() => return,
@@ -128,12 +166,13 @@ impl Lease {
                 }
             }
         });
-        Lease { held, stop }
+        Lease { state, stop }
     }
 
-    /// Whether this node may poll now.
-    pub fn held(&self) -> bool {
-        self.held.load(Ordering::Acquire)
+    /// Whether this node may poll now: the term it holds the lease in, or `None`.
+    pub fn term(&self) -> Option<u64> {
+        (self.state.until.load(Ordering::Acquire) > mono_ms())
+            .then(|| self.state.terms.load(Ordering::Acquire))
     }
 }
 

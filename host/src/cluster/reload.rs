@@ -76,15 +76,17 @@ fn subjects(cluster: &Cluster) -> (String, String) {
 /// Coordinates a reload of `module` on every node; returns the report and whether anything
 /// was applied (`false`: refused, nothing changed anywhere).
 pub async fn coordinate(cluster: &Cluster, module: &str, opts: &ReloadOptions) -> (bool, Value) {
-    let nodes: Vec<String> = match cluster.nodes().await {
+    let mut nodes: Vec<String> = match cluster.nodes().await {
         Ok(nodes) => nodes.into_iter().map(|n| n.id).collect(),
         Err(e) => {
-            return (
-                false,
-                json!({"outcome": "rejected", "module": module, "error": e}),
-            )
+            let report = json!({"outcome": "rejected", "module": module, "error": e});
+            return (false, report);
         }
     };
+    // This node, even before its first record is in the list.
+    if !nodes.iter().any(|n| n == cluster.node()) {
+        nodes.push(cluster.node().to_owned());
+    }
     let (prepare_subject, decide_subject) = subjects(cluster);
     let id = format!("reload-{}", orgloop_plugin_sdk::new_event_id());
     let request = Prepare {

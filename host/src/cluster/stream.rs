@@ -150,6 +150,18 @@ impl Cluster {
     }
 }
 
+/// A message taken from the stream that has no ticket yet: handed back when dropped.
+struct Untracked<'a> {
+    cluster: &'a Cluster,
+    seq: u64,
+}
+
+impl Drop for Untracked<'_> {
+    fn drop(&mut self) {
+        self.cluster.finish(self.seq, false);
+    }
+}
+
 /// A module's consumer name: JetStream's names have no `.`, `*`, `>` or white space.
 fn consumer_name(module: &str) -> String {
     module
@@ -230,11 +242,14 @@ async fn take(
         let seq = shared.next_seq.fetch_add(1, Ordering::Relaxed);
         let bytes = message.payload.len() as u64 + RESIDENT;
         cluster.held().insert(seq, Arc::new(acker));
+        // Handed back if the pump is stopped before the entry has its ticket.
+        let taken = Untracked { cluster, seq };
         // This node takes no more than its module's `max_queue_bytes`: the rest stays in the
         // stream for the other nodes (the one taken meanwhile is kept alive by progress acks).
         while !shared.has_room(module, bytes) {
             tokio::time::sleep(ROOM_BACKOFF).await;
         }
+        std::mem::forget(taken);
         shared.track(module, seq, accepted_ms, bytes);
         shared.hand_off(Entry {
             ticket: new_ticket(&shared, seq, module, bytes, true),

@@ -93,25 +93,31 @@ fn spawn(module: &Arc<Module>, slot: &SourceSlot, previous: Option<JoinHandle<()
             .upgrade()
             .zip(cluster.as_ref())
             .map(|(m, c)| Lease::claim(c, &m.name, &id));
-        let mut leading = false;
+        // The lease term whose checkpoint this node has read.
+        let mut leading = None;
         loop {
             let Some(m) = module.upgrade() else { return };
             if let (Some(lease), Some(cluster)) = (&lease, &cluster) {
-                if !lease.held() {
-                    leading = false;
+                let term = lease.term();
+                if term.is_some() && term != leading {
+                    // Just took over: continue where the last holder left off.
+                    match cluster.checkpoint(&m.name, &id).await {
+                        Ok(cp) => {
+                            if let Some(cp) = cp {
+                                m.adopt_checkpoint(&id, cp);
+                            }
+                            leading = term;
+                        }
+                        Err(e) => tracing::warn!(module = %m.name, source = %id, "{e}"),
+                    }
+                }
+                if term.is_none() || term != leading {
                     drop(m);
                     tokio::select! {
                         biased;
                         _ = task_stop.cancelled() => return,
                         _ = tokio::time::sleep(WAIT_FOR_LEASE) => continue,
                     }
-                }
-                if !leading {
-                    // Just took over: continue where the last node left off.
-                    if let Some(cp) = cluster.checkpoint(&m.name, &id).await {
-                        m.adopt_checkpoint(&id, cp);
-                    }
-                    leading = true;
                 }
             }
             let stats = m.source_stats(&id);
@@ -142,7 +148,14 @@ fn spawn(module: &Arc<Module>, slot: &SourceSlot, previous: Option<JoinHandle<()
                         }
                     }
                     match p.checkpoint {
-                        Some(cp) if all_stored => m.set_checkpoint(&id, cp),
+                        Some(cp) if all_stored => {
+                            if let Some(cluster) = &cluster {
+                                if let Err(e) = cluster.store_checkpoint(&m.name, &id, &cp).await {
+                                    tracing::warn!(module = %m.name, source = %id, "checkpoint not stored in the cluster: {e}");
+                                }
+                            }
+                            m.set_checkpoint(&id, cp)
+                        }
                         Some(_) => {
                             tracing::warn!(module = %m.name, source = %id, "checkpoint not advanced: the batch is polled again")
                         }

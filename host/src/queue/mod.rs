@@ -555,11 +555,9 @@ impl Queue {
     }
 
     /// Stores the latest checkpoint of a polled source. It is written after every event sent to
-    /// the queue before it, so it never runs ahead of what was stored.
+    /// the queue before it, so it never runs ahead of what was stored. (In a cluster the poller
+    /// stores it in the cluster as well.)
     pub fn checkpoint(&self, module: &str, source: &str, value: &str) {
-        if let Some(cluster) = &self.shared.cluster {
-            cluster.set_checkpoint(module, source, value);
-        }
         self.shared
             .checkpoints
             .lock()
@@ -644,7 +642,9 @@ impl Stored {
     /// Like [`wait`](Self::wait), from a thread that may block (a plugin's `emit`), which must
     /// not be the one that would resolve it.
     pub fn wait_blocking(self) -> Result<(), Refused> {
-        block_on(self.wait())
+        // Unconstrained: on a task that spent its budget (a dispatcher after a burst), tokio
+        // would defer the wake-up to the end of a turn that never ends while this thread waits.
+        block_on(tokio::task::unconstrained(self.wait()))
     }
 
     pub async fn wait(self) -> Result<(), Refused> {
