@@ -75,6 +75,24 @@ impl Cluster {
         ack.await.ok().map(|a| a.sequence)
     }
 
+    /// Gives up this node's lease of `module`'s `source` (its record `seq`), if it still holds it.
+    async fn release(&self, module: &str, source: &str, seq: u64) {
+        let record = Record {
+            holder: self.node().to_owned(),
+            until_ms: 0,
+        };
+        let Ok(payload) = serde_json::to_vec(&record) else {
+            return;
+        };
+        let publish = Publish::build()
+            .payload(payload.into())
+            .expected_last_subject_sequence(seq);
+        let subject = self.subject("leases", module, source);
+        if let Ok(ack) = self.js.send_publish(subject, publish).await {
+            let _ = tokio::time::timeout(Duration::from_secs(2), ack).await;
+        }
+    }
+
     /// The checkpoint of `module`'s `source` the cluster keeps (`None`: never stored).
     pub async fn checkpoint(&self, module: &str, source: &str) -> Result<Option<String>, String> {
         let stream = self.leases().await?;
@@ -133,7 +151,9 @@ impl Lease {
         let (module, source) = (module.to_owned(), source.to_owned());
         let ack_wait = cluster.opts.ack_wait;
         let every = ack_wait / 3;
-        cluster.runtime.spawn(async move {
+        // Tracked with the acknowledgements, so that a stop waits for the hand-over below.
+        let runtime = cluster.runtime.clone();
+        cluster.acks.spawn_on(async move {
             let mut seq = None;
             loop {
                 // A renewal that takes too long counts as lost: the lease runs out meanwhile.
@@ -161,11 +181,18 @@ impl Lease {
                     }
                 }
                 tokio::select! {
-                    _ = s.cancelled() => return,
+                    _ = s.cancelled() => {
+                        // The poller stopped (a stop, a reload, an unload): the lease is free
+                        // at once, not when it runs out.
+                        if let Some(seq) = seq {
+                            c.release(&module, &source, seq).await;
+                        }
+                        return;
+                    }
                     _ = tokio::time::sleep(every) => {}
                 }
             }
-        });
+        }, &runtime);
         Lease { state, stop }
     }
 
