@@ -124,6 +124,14 @@ impl Active {
         )
     }
 
+    /// Why the new generation does worse, when it does and `auto_rollback` is on.
+    fn worse(&self) -> Option<String> {
+        self.policy
+            .auto_rollback
+            .then(|| self.comparison().worse)
+            .flatten()
+    }
+
     fn report(&self, phase: Phase, reason: Option<String>) -> RolloutReport {
         let (share, phase_ms) = match phase {
             Phase::Canary => (self.policy.canary, Some(self.policy.canary_for)),
@@ -238,16 +246,11 @@ async fn watch(registry: Weak<Registry>, module: Weak<Module>, stop: Cancellatio
             return;
         };
         let auto = active.policy.auto_rollback;
-        if auto {
-            if let Some(why) = active.comparison().worse {
-                drop(record);
-                roll_back(
-                    &registry,
-                    &module,
-                    format!("the new generation did worse: {why}"),
-                );
-                return;
-            }
+        if let Some(why) = active.worse() {
+            drop(record);
+            let why = format!("the new generation did worse: {why}");
+            conclude(&registry, &module, false, why);
+            return;
         }
         let (phase, ran) = (active.phase, active.phase_started.elapsed());
         match phase {
@@ -262,7 +265,7 @@ async fn watch(registry: Weak<Registry>, module: Weak<Module>, stop: Cancellatio
                     tracing::info!(module = %module.name, generation = new.number, "canary over: the new generation takes every event and bakes");
                 } else {
                     drop(record);
-                    promote(&registry, &module, "the canary ran its time".into());
+                    conclude(&registry, &module, true, "the canary ran its time".into());
                     return;
                 }
             }
@@ -273,7 +276,7 @@ async fn watch(registry: Weak<Registry>, module: Weak<Module>, stop: Cancellatio
                 } else {
                     "the rollout ran its time"
                 };
-                promote(&registry, &module, why.into());
+                conclude(&registry, &module, true, why.into());
                 return;
             }
             _ => {}
@@ -281,30 +284,41 @@ async fn watch(registry: Weak<Registry>, module: Weak<Module>, stop: Cancellatio
     }
 }
 
-/// Ends the rollout for the new generation: it takes every event and the previous one drains.
-fn promote(registry: &Registry, module: &Arc<Module>, why: String) -> Option<RolloutReport> {
+/// Ends the rollout: `promoted`, the new generation takes every event and the previous one
+/// drains; else the previous one takes every event again and the new one drains.
+fn conclude(
+    registry: &Registry,
+    module: &Arc<Module>,
+    promoted: bool,
+    why: String,
+) -> Option<RolloutReport> {
     // Served before the rollout is taken out of the record: until then the record keeps both
     // generations' source ids reserved (see `Module::generations`).
-    let new = module.record().rollout.as_ref()?.new.clone();
-    serve(registry, module, &new);
+    let winner = {
+        let record = module.record();
+        let active = record.rollout.as_ref()?;
+        if promoted {
+            active.new.clone()
+        } else {
+            active.previous.clone()
+        }
+    };
+    serve(registry, module, &winner);
     let active = module.record().rollout.take()?;
     active.watcher.cancel();
-    let report = active.report(Phase::Promoted, Some(why));
-    tracing::info!(module = %module.name, generation = active.new.number, "rollout promoted: {}", report.reason.as_deref().unwrap_or_default());
-    finish(module, active, report.clone(), true);
-    Some(report)
-}
-
-/// Ends the rollout for the previous generation: it takes every event again and the new one
-/// drains.
-fn roll_back(registry: &Registry, module: &Arc<Module>, why: String) -> Option<RolloutReport> {
-    let previous = module.record().rollout.as_ref()?.previous.clone();
-    serve(registry, module, &previous);
-    let active = module.record().rollout.take()?;
-    active.watcher.cancel();
-    let report = active.report(Phase::RolledBack, Some(why));
-    tracing::warn!(module = %module.name, from = active.new.number, to = active.previous.number, "rolled back: {}", report.reason.as_deref().unwrap_or_default());
-    finish(module, active, report.clone(), false);
+    let phase = if promoted {
+        Phase::Promoted
+    } else {
+        Phase::RolledBack
+    };
+    let report = active.report(phase, Some(why));
+    let reason = report.reason.as_deref().unwrap_or_default();
+    if promoted {
+        tracing::info!(module = %module.name, generation = active.new.number, "rollout promoted: {reason}");
+    } else {
+        tracing::warn!(module = %module.name, from = active.new.number, to = active.previous.number, "rolled back: {reason}");
+    }
+    finish(module, active, report.clone(), promoted);
     Some(report)
 }
 
@@ -326,8 +340,7 @@ fn finish(module: &Arc<Module>, active: Active, report: RolloutReport, promoted:
 pub fn winner(module: &Module) -> Option<Arc<Generation>> {
     let record = module.record();
     let active = record.rollout.as_ref()?;
-    let worse = active.policy.auto_rollback && active.comparison().worse.is_some();
-    Some(if worse {
+    Some(if active.worse().is_some() {
         active.previous.clone()
     } else {
         active.new.clone()
@@ -338,24 +351,20 @@ pub fn winner(module: &Module) -> Option<Arc<Generation>> {
 /// or rolling it back when it does worse): for a new reload, which must not make a third
 /// generation.
 pub fn end(registry: &Registry, module: &Arc<Module>) -> Option<RolloutReport> {
-    let worse = {
-        let record = module.record();
-        let active = record.rollout.as_ref()?;
-        if active.policy.auto_rollback {
-            active.comparison().worse
-        } else {
-            None
-        }
-    };
+    let worse = module.record().rollout.as_ref()?.worse();
     match worse {
-        None => promote(registry, module, "a new reload ended the rollout".into()),
-        Some(why) => roll_back(
+        None => conclude(
             registry,
             module,
-            format!(
-                "a new reload ended the rollout, and the new generation was doing worse: {why}"
-            ),
+            true,
+            "a new reload ended the rollout".into(),
         ),
+        Some(why) => {
+            let why = format!(
+                "a new reload ended the rollout, and the new generation was doing worse: {why}"
+            );
+            conclude(registry, module, false, why)
+        }
     }
 }
 
@@ -364,7 +373,7 @@ pub fn roll_back_by_hand(
     registry: &Registry,
     module: &Arc<Module>,
 ) -> Result<RolloutReport, String> {
-    roll_back(registry, module, "rolled back by hand".into()).ok_or_else(|| {
+    conclude(registry, module, false, "rolled back by hand".into()).ok_or_else(|| {
         "no rollout is in progress: the previous generation is unloaded once a reload is promoted (reload with --canary or --auto-rollback to keep it)".to_owned()
     })
 }
