@@ -13,8 +13,8 @@
 //! third of the ack wait). The checkpoint is stored, and acknowledged, before the next poll.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_nats::jetstream::context::Publish;
 use async_nats::jetstream::stream::{self, LastRawMessageErrorKind};
@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::nodes::key;
 use super::Cluster;
-use crate::module::running::now_ms;
+use crate::module::running::{mono_ms, now_ms};
 
 #[derive(Serialize, Deserialize)]
 struct Record {
@@ -47,11 +47,17 @@ impl Cluster {
     /// Takes or renews the lease of `module`'s `source`; `held` is the sequence of this
     /// node's last record of it. Returns the new sequence, or `None` when another node holds it.
     async fn take(&self, module: &str, source: &str, held: Option<u64>) -> Option<u64> {
-        let stream = self.leases().await.ok()?;
         let subject = self.subject("leases", module, source);
+        // A renewal names its own last record; only a claim looks up the current one.
         let last = match held {
             Some(seq) => seq,
-            None => match stream.get_last_raw_message_by_subject(&subject).await {
+            None => match self
+                .leases()
+                .await
+                .ok()?
+                .get_last_raw_message_by_subject(&subject)
+                .await
+            {
                 Ok(m) => {
                     let r: Record = serde_json::from_slice(&m.payload).ok()?;
                     if r.holder != self.node() && r.until_ms > now_ms() {
@@ -113,12 +119,7 @@ impl Cluster {
         value: &str,
     ) -> Result<(), String> {
         let subject = self.subject("checkpoints", module, source);
-        let ack = self
-            .js
-            .publish(subject, value.to_owned().into())
-            .await
-            .map_err(|e| e.to_string())?;
-        ack.await.map(drop).map_err(|e| e.to_string())
+        self.put(subject, value.to_owned().into()).await
     }
 }
 
@@ -131,15 +132,10 @@ pub struct Lease {
 /// Whether, and until when on this node's own clock, the lease is this node's.
 #[derive(Default)]
 struct Held {
-    /// Monotonic ms (since `BASE`) until which this node may poll; 0: not held.
+    /// When, in [`mono_ms`], this node must stop polling; 0: not held.
     until: AtomicI64,
     /// How many times this node took the lease after not holding it.
     terms: AtomicU64,
-}
-
-fn mono_ms() -> i64 {
-    static BASE: OnceLock<Instant> = OnceLock::new();
-    BASE.get_or_init(Instant::now).elapsed().as_millis() as i64
 }
 
 impl Lease {

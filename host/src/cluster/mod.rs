@@ -114,6 +114,16 @@ impl Cluster {
         let _ = self.client.flush().await;
     }
 
+    /// Publishes `payload` on `subject` and waits until JetStream has stored it.
+    async fn put(&self, subject: String, payload: bytes::Bytes) -> Result<(), String> {
+        let ack = self
+            .js
+            .publish(subject, payload)
+            .await
+            .map_err(|e| e.to_string())?;
+        ack.await.map(drop).map_err(|e| e.to_string())
+    }
+
     /// The stream `<name>-<what>` on `subjects` that keeps the last record of each subject (for
     /// `max_age`, when given): a key-value store of records, kept by JetStream.
     async fn records(

@@ -126,11 +126,7 @@ pub fn announce(cluster: Arc<Cluster>, registry: Weak<Registry>, address: String
             };
             drop(registry);
             if let (true, Ok(record)) = (opened, serde_json::to_vec(&me)) {
-                let published = match cluster.js.publish(subject.clone(), record.into()).await {
-                    Ok(ack) => ack.await.map(drop).map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                };
-                if let Err(e) = published {
+                if let Err(e) = cluster.put(subject.clone(), record.into()).await {
                     tracing::debug!("cannot renew this node's record in the cluster: {e}");
                     opened = false;
                 }

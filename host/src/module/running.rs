@@ -42,6 +42,13 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// A monotonic clock in ms, for instants kept in atomics: unlike the wall clock it does not
+/// jump, so a clock adjustment neither fires nor delays a deadline kept this way.
+pub fn mono_ms() -> i64 {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    BASE.get_or_init(Instant::now).elapsed().as_millis() as i64
+}
+
 /// How long ago `ms` (Unix milliseconds, from [`now_ms`]) was; zero for a time ahead.
 pub fn since(ms: i64) -> Duration {
     Duration::from_millis((now_ms() - ms).max(0) as u64)
@@ -386,7 +393,8 @@ impl Module {
             .cloned()
     }
 
-    /// Takes a source's checkpoint as it is (kept by the cluster: another node polled it).
+    /// Records a source's checkpoint in memory only (as the cluster kept it, when another node
+    /// polled last; [`set_checkpoint`](Self::set_checkpoint) also stores it).
     pub(super) fn adopt_checkpoint(&self, source: &str, checkpoint: String) {
         self.checkpoints
             .lock()
@@ -398,10 +406,7 @@ impl Module {
     /// it, so that it never runs ahead of what was stored).
     pub fn set_checkpoint(&self, source: &str, checkpoint: String) {
         self.queue.checkpoint(&self.name, source, &checkpoint);
-        self.checkpoints
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(source.to_owned(), checkpoint);
+        self.adopt_checkpoint(source, checkpoint);
     }
 
     /// Route statistics of the current generation, to carry into the next.

@@ -3,11 +3,12 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc::SyncSender;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::outbox::{Outbox, Unsent};
 use super::wire::{Down, Reply};
+use crate::module::running::mono_ms;
 
 /// Why a call into a plugin process did not get an answer.
 #[derive(Debug)]
@@ -35,13 +36,6 @@ impl CallError {
             permanent: matches!(why, Unsent::TooLarge(_)),
         }
     }
-}
-
-/// A monotonic clock in ms, for instants kept in atomics: unlike the wall clock it does not
-/// jump, so a clock adjustment neither kills a healthy child nor spares a stuck one.
-pub(super) fn mono_ms() -> i64 {
-    static BASE: OnceLock<Instant> = OnceLock::new();
-    BASE.get_or_init(Instant::now).elapsed().as_millis() as i64
 }
 
 /// `d` from now, or a year from now for a `d` too large to add.
