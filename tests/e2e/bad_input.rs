@@ -364,7 +364,12 @@ fn slow_and_idle_clients_are_cut_off_while_others_are_served() {
 #[test]
 fn connections_beyond_the_cap_get_503_and_the_admitted_ones_are_served() {
     use std::io::Write;
-    let daemon = guarded_daemon("bad_input_connection_cap", &["--max-connections", "8"]);
+    // A long idle timeout: the harness's pooled connection must outlive a slow run, or the
+    // client would open a new one, which the full cap refuses.
+    let daemon = guarded_daemon(
+        "bad_input_connection_cap",
+        &["--max-connections", "8", "--header-timeout", "60s"],
+    );
     // The harness's client keeps one connection; seven more fill the cap.
     assert_eq!(daemon.post("in", &json!({"n": 1})).status, 202);
     let mut held: Vec<std::net::TcpStream> = (0..7).map(|_| connect(&daemon)).collect();
