@@ -235,7 +235,7 @@ impl Metrics {
             if let Some(g) = m.current() {
                 self.generation.get_or_create(&labels).set(g.number as i64);
             }
-            let dead: usize = m.queue.dead.count_by_actor(&m.name).values().sum();
+            let dead = m.queue.dead.count(&m.name);
             self.dead_letters.get_or_create(&labels).set(dead as i64);
         }
         let mut text = String::new();

@@ -13,7 +13,7 @@ use crate::harness::*;
 /// Module `name`: source `<name>-in` → transform `t` (`transform`, a `plugin::symbol` with its
 /// config) → `http::webhook` posting to `sink` at `/<name>`. The transform's plugin runs in a
 /// process of its own (`plugin_entry` gives its `plugins:` line); `http` runs in the daemon.
-fn module(dir: &Path, name: &str, sink: &Sink, plugin_entry: &str, transform: &str) {
+pub(crate) fn module(dir: &Path, name: &str, sink: &Sink, plugin_entry: &str, transform: &str) {
     let project = format!(
         "apiVersion: orgloop/v1alpha1\nkind: Project\nmetadata:\n  name: {name}\nplugins:\n  - {plugin_entry}\n  - {{name: http, path: \"{}\", isolation: in_process}}\nconnectors: [connectors/c.yaml]\ntransforms: [transforms/t.yaml]\n",
         plugin("http").display()

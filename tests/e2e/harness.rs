@@ -596,6 +596,24 @@ impl Daemon {
         }
     }
 
+    /// Waits until the daemon exits by itself (a crash); its exit code, or -1 for a signal.
+    // Only the cluster tests use it, and the process-isolation suite leaves them out.
+    #[allow(dead_code)]
+    pub fn wait_exit(&mut self) -> i32 {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not exit:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sends SIGTERM and waits for the exit code.
     pub fn stop(mut self) -> i32 {
         self.terminate()

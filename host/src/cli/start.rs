@@ -90,6 +90,11 @@ pub struct StartArgs {
     /// another (after a crash); a daemon alive renews it every third of this.
     #[arg(long, env = "ORGLOOP_CLUSTER_ACK_WAIT", default_value = "30s", value_parser = parse_ack_wait)]
     pub cluster_ack_wait: Duration,
+    /// How many times the nodes may take an event and not finish it (each one died, or stopped,
+    /// while holding it) before the next node that takes it dead-letters it whole instead: an
+    /// event that crashes every node that routes it must not take the cluster down in turn.
+    #[arg(long, env = "ORGLOOP_CLUSTER_MAX_DELIVER", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub cluster_max_deliver: u32,
     /// This daemon's id in the cluster (default: the host name and the HTTP port).
     #[arg(long, env = "ORGLOOP_NODE_ID")]
     pub node_id: Option<String>,
@@ -195,6 +200,7 @@ async fn daemon(args: StartArgs, listener: TcpListener) -> u8 {
                 name: args.cluster_name.clone(),
                 replicas: args.cluster_replicas,
                 ack_wait: args.cluster_ack_wait,
+                max_deliver: args.cluster_max_deliver,
                 max_bytes: args.max_store_bytes,
                 node: args.node_id.clone().unwrap_or_else(|| {
                     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")

@@ -5,9 +5,11 @@
 //! - [`nodes`]: each node announces itself every second in a stream that keeps the last record
 //!   of each; `/api/status` and `orgloop cluster status` list them.
 //! - [`lease`]: a polling source runs on one node at a time, with its checkpoint in the cluster.
+//! - [`dead`]: the dead letters are the cluster's, in a stream of their own.
 //! - [`reload`]: a reload sent to any node is staged on every node, and swapped on all of them
 //!   only if none refused it.
 
+pub mod dead;
 pub mod lease;
 pub mod nodes;
 pub mod reload;
@@ -34,6 +36,9 @@ pub struct ClusterOptions {
     pub replicas: usize,
     /// How long a node may hold a message without a sign of life before it goes to another.
     pub ack_wait: Duration,
+    /// Deliveries of an event to nodes that did not finish it, after which the next node
+    /// dead-letters it whole.
+    pub max_deliver: u32,
     /// The stream's limit in bytes.
     pub max_bytes: u64,
     /// This node's id in the cluster (default: host name and HTTP port).
@@ -52,6 +57,10 @@ pub struct Cluster {
     runtime: tokio::runtime::Handle,
     /// Acknowledgements and hand-backs on their way.
     acks: tokio_util::task::TaskTracker,
+    /// The cluster's dead letters, kept up to date from their stream (see [`dead`]).
+    dead: crate::queue::dead::Items,
+    /// The shortest ack wait of the consumers this node takes from, in ms.
+    ack_wait_ms: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -94,12 +103,15 @@ impl Cluster {
         let cluster = Arc::new(Cluster {
             client,
             js,
-            opts,
             held: Mutex::default(),
             pumps: Mutex::default(),
             runtime: tokio::runtime::Handle::current(),
             acks: tokio_util::task::TaskTracker::new(),
+            dead: Default::default(),
+            ack_wait_ms: (opts.ack_wait.as_millis() as u64).into(),
+            opts,
         });
+        cluster.follow_dead().await.map_err(io::Error::other)?;
         tokio::spawn(stream::progress(Arc::downgrade(&cluster)));
         tracing::info!(url = %cluster.opts.url, stream = %stream::name(&cluster.opts.name), "joined the cluster");
         Ok(cluster)

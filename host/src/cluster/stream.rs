@@ -21,17 +21,18 @@ use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::connection::State;
 use async_nats::jetstream::consumer::{pull, AckPolicy, Consumer};
 use async_nats::jetstream::context::Publish;
 use async_nats::jetstream::message::{AckKind, Acker};
 use futures_util::StreamExt;
-use orgloop_plugin_sdk::Event;
+use orgloop_plugin_sdk::{format_timestamp, Event};
 use tokio::sync::oneshot;
 
 use super::Cluster;
+use crate::queue::dead::{new_id, DeadLetter};
 use crate::queue::{new_ticket, Entry, Refused, Shared, Stored, RESIDENT};
 
 /// How long a publish may wait for JetStream's acknowledgement before the webhook says `503`.
@@ -47,14 +48,15 @@ const ROUTE: &str = "Orgloop-Route";
 const ACCEPTED_MS: &str = "Orgloop-Accepted-Ms";
 
 impl Cluster {
-    /// Publishes an event of `module` (or a delivery along `route`); the result resolves once
-    /// JetStream has stored it, or says why not.
+    /// Publishes an event of `module` (or a delivery along `route`; `again`: a dead letter's
+    /// replay); the result resolves once JetStream has stored it, or says why not.
     pub fn publish(
         &self,
         module: &str,
         route: Option<&str>,
         event: &Event,
         accepted_ms: i64,
+        again: bool,
     ) -> Result<Stored, Refused> {
         if self.client.connection_state() != State::Connected {
             return Err(Refused::Failed(format!(
@@ -65,9 +67,14 @@ impl Cluster {
         let json = serde_json::to_vec(event).map_err(|e| Refused::Failed(e.to_string()))?;
         // The event id deduplicates a publish sent twice; a replayed dead letter is a new
         // delivery of an event already stored once, so it gets an id of its own.
-        let id = match route {
-            None => event.id().to_owned(),
-            Some(route) => format!("{}:{route}:replay-{accepted_ms}", event.id()),
+        let id = if again {
+            format!(
+                "{}:{}:replay-{accepted_ms}",
+                event.id(),
+                route.unwrap_or("*")
+            )
+        } else {
+            event.id().to_owned()
         };
         let mut publish = Publish::build()
             .payload(json.into())
@@ -214,12 +221,15 @@ async fn take(
             },
         )
         .await?;
+    cluster.heed_ack_wait(module, consumer.cached_info().config.ack_wait);
     let mut messages = consumer.messages().await?;
     while let Some(message) = messages.next().await {
         let Some(shared) = shared.upgrade() else {
             return Ok(());
         };
-        let (message, acker) = message?.split();
+        let message = message?;
+        let delivered = message.info().map_or(1, |i| i.delivered);
+        let (message, acker) = message.split();
         let header = |name: &str| {
             message
                 .headers
@@ -239,6 +249,12 @@ async fn take(
         let accepted_ms = header(ACCEPTED_MS)
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(crate::module::running::now_ms);
+        if delivered > i64::from(cluster.opts.max_deliver) {
+            cluster
+                .give_up(module, header(ROUTE), event, accepted_ms, delivered, acker)
+                .await;
+            continue;
+        }
         let seq = shared.next_seq.fetch_add(1, Ordering::Relaxed);
         let bytes = message.payload.len() as u64 + RESIDENT;
         cluster.held().insert(seq, Arc::new(acker));
@@ -263,12 +279,68 @@ async fn take(
     Ok(())
 }
 
+impl Cluster {
+    /// Dead-letters an event that `delivered` nodes took without finishing it (each died or
+    /// stopped while it held it: an event that kills whoever routes it), then acknowledges it.
+    async fn give_up(
+        &self,
+        module: &str,
+        route: Option<String>,
+        event: Event,
+        accepted_ms: i64,
+        delivered: i64,
+        acker: Acker,
+    ) {
+        let reason = format!(
+            "taken by a node {delivered} times and never finished (each node died or stopped while it held it); dead-lettered before routing"
+        );
+        let id = new_id();
+        let letter = DeadLetter {
+            id: id.clone(),
+            module: module.to_owned(),
+            actor: None,
+            event_id: event.id().to_owned(),
+            event: event.to_json(),
+            route,
+            reason,
+            last_error: None,
+            attempts: delivered.try_into().unwrap_or(u32::MAX),
+            accepted_at: format_timestamp(
+                UNIX_EPOCH + Duration::from_millis(accepted_ms.max(0) as u64),
+            ),
+            dead_at: format_timestamp(SystemTime::now()),
+        };
+        match self.bury(letter).await {
+            Ok(()) => {
+                tracing::warn!(module = %module, event = %event.id(), dead_letter = %id, delivered, "an event no node could finish was dead-lettered");
+                if let Err(e) = acker.ack().await {
+                    tracing::warn!("cannot acknowledge a message to the cluster: {e}");
+                }
+            }
+            // Left unacknowledged: it comes back after the ack wait, to be tried again.
+            Err(e) => {
+                tracing::error!(module = %module, event = %event.id(), "cannot dead-letter an event no node could finish: {e}")
+            }
+        }
+    }
+
+    /// Renews held messages often enough for the ack wait of `module`'s consumer as it
+    /// exists: the daemon that created it may have been given another `--cluster-ack-wait`.
+    fn heed_ack_wait(&self, module: &str, ack_wait: Duration) {
+        let ms = ack_wait.as_millis().max(1000) as u64;
+        if ack_wait != self.opts.ack_wait {
+            tracing::warn!(module = %module, "the cluster's consumer has an ack wait of {ack_wait:?}, not {:?} as this node was given; held events are renewed for the shorter", self.opts.ack_wait);
+        }
+        self.ack_wait_ms.fetch_min(ms, Ordering::Relaxed);
+    }
+}
+
 /// Every third of the ack wait, a progress acknowledgement for every message this node holds,
 /// so that none goes to another node while it is being worked on here.
 pub(super) async fn progress(cluster: Weak<Cluster>) {
     loop {
         let Some(c) = cluster.upgrade() else { return };
-        let every = c.opts.ack_wait / 3;
+        let every = Duration::from_millis(c.ack_wait_ms.load(Ordering::Relaxed)) / 3;
         let held: Vec<Arc<Acker>> = c.held().values().cloned().collect();
         drop(c);
         for acker in held {

@@ -1,8 +1,8 @@
 //! `/control/dlq`: list, show, replay and purge dead letters.
 //!
 //! Replaying a dead letter stores its delivery in the queue again (the event as it was to be
-//! delivered, along its route only, without routing or transforms) and removes the letter once
-//! that is durable; the delivery then goes through the module's current generation like any
+//! delivered, along its route only, without routing or transforms; a whole event that was never
+//! routed goes through its routes) and removes the letter once that is durable; the delivery then goes through the module's current generation like any
 //! other, retries included. A module that is not loaded cannot take its letters back.
 
 use axum::extract::{Path, Query, State};
@@ -74,7 +74,7 @@ pub async fn purge_one(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    match app.registry.queue.dead.remove(&id) {
+    match app.registry.queue.dead.remove(&id).await {
         Ok(true) => Ok(Json(json!({"purged": [id]}))),
         Ok(false) => Err(not_found(&id)),
         Err(e) => Err(ApiError::Internal(format!(
@@ -92,6 +92,7 @@ pub async fn purge_all(
     let mut purged = Vec::new();
     for letter in dead.list(f.module.as_deref()) {
         dead.remove(&letter.id)
+            .await
             .map_err(|e| ApiError::Internal(format!("removing dead letter {}: {e}", letter.id)))?;
         purged.push(letter.id);
     }
@@ -116,13 +117,18 @@ async fn replay_letter(app: &AppState, letter: &DeadLetter) -> Result<(), String
     let dead = &app.registry.queue.dead;
     let claimed = dead
         .claim(&letter.id)
+        .await
+        .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("dead letter {} is no longer there", letter.id))?;
     match store_again(app, &claimed).await {
         Ok(()) => dead
             .delete(claimed)
+            .await
             .map_err(|e| format!("replayed, but the letter could not be removed: {e}")),
         Err(e) => {
-            dead.put_back(claimed);
+            if let Err(back) = dead.put_back(claimed).await {
+                tracing::warn!("a dead letter that was not replayed could not be put back at once ({back}); it is listed again in a minute");
+            }
             Err(e)
         }
     }
@@ -138,7 +144,7 @@ async fn store_again(app: &AppState, letter: &DeadLetter) -> Result<(), String> 
     let event = Event::from_json(letter.event.clone()).map_err(|e| e.to_string())?;
     module
         .queue
-        .append(&letter.module, Some(letter.route.clone()), event)
+        .replay(&letter.module, letter.route.clone(), event)
         .map_err(|e| e.to_string())?
         .wait()
         .await

@@ -373,10 +373,10 @@ async fn store_dead(
     p: &Progress,
 ) {
     let letter = DeadLetter {
-        id: new_dead_letter_id(),
+        id: crate::queue::dead::new_id(),
         module: module.name.clone(),
-        route: job.route.clone(),
-        actor: actor.to_owned(),
+        route: Some(job.route.clone()),
+        actor: Some(actor.to_owned()),
         event_id: job.event.id().to_owned(),
         event: job.event.to_json(),
         reason: why.to_owned(),
@@ -388,16 +388,10 @@ async fn store_dead(
         dead_at: format_timestamp(SystemTime::now()),
     };
     let id = letter.id.clone();
-    let dead = module.queue.dead.clone();
-    match tokio::task::spawn_blocking(move || dead.add(letter)).await {
-        Ok(Ok(())) => job.ticket.ack(&job.route),
-        Ok(Err(e)) => {
-            tracing::error!(module = %module.name, route = %job.route, event = %job.event.id(), "cannot store a dead letter ({e}); the delivery stays queued and is tried again at the next start");
-            job.ticket.abandon();
-            return;
-        }
+    match module.queue.dead.add(letter).await {
+        Ok(()) => job.ticket.ack(&job.route),
         Err(e) => {
-            tracing::error!(module = %module.name, "storing a dead letter failed: {e}");
+            tracing::error!(module = %module.name, route = %job.route, event = %job.event.id(), "cannot store a dead letter ({e}); the delivery stays queued and is tried again at the next start");
             job.ticket.abandon();
             return;
         }
@@ -434,10 +428,6 @@ pub fn idempotency_key(event_id: &str, route: &str) -> String {
         }
     }
     key
-}
-
-fn new_dead_letter_id() -> String {
-    format!("dl_{}", &orgloop_plugin_sdk::new_event_id()["evt_".len()..])
 }
 
 /// The host side of an actor's cancellation signal.

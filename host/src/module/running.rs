@@ -377,7 +377,7 @@ impl Module {
                 self.name
             )));
         }
-        let stored = self.queue.append(&self.name, None, event)?;
+        let stored = self.queue.append(&self.name, event)?;
         if let Some(s) = stats {
             s.event_count.fetch_add(1, Ordering::Relaxed);
             s.last_event_ms.store(now_ms(), Ordering::Relaxed);

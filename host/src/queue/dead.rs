@@ -2,17 +2,31 @@
 //! target, out of attempts or time, or whose route or actor a reload removed — kept with their
 //! last error until someone replays or purges them. Never silently away.
 //!
-//! Each one is a small JSON file under `<data>/dead/`, written to a temporary name, synced and
-//! renamed, so a crash leaves either the whole file or none; they are rare, and `ls` and `cat`
-//! are enough to look at them. With `durability: memory` they live in memory only.
+//! Where they are kept:
+//! - by default, each one is a small JSON file under `<data>/dead/`, written to a temporary
+//!   name, synced and renamed, so a crash leaves either the whole file or none; they are rare,
+//!   and `ls` and `cat` are enough to look at them;
+//! - with `durability: memory`, in memory only;
+//! - in cluster mode, in the cluster's stream `<name>-dead` (see [`crate::cluster::dead`]), so
+//!   that every node lists, replays and purges the same ones.
+//!
+//! A replay or a purge first claims its letter, so that nobody else replays it meanwhile; a
+//! claim that is neither put back nor completed (its node died) runs out after a minute and the
+//! letter is listed again.
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
+
+use crate::cluster::Cluster;
+use crate::module::running::now_ms;
+
+/// How long a claimed letter stays out of the list without being put back or deleted.
+const CLAIM_RUNS_OUT_MS: i64 = 60_000;
 
 /// One delivery that gave up.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -20,8 +34,11 @@ pub struct DeadLetter {
     /// `dl_` + 16 hex digits.
     pub id: String,
     pub module: String,
-    pub route: String,
-    pub actor: String,
+    /// The route it was to be delivered along; `None`: the whole event, before routing (a
+    /// message that nodes kept failing to finish in cluster mode).
+    pub route: Option<String>,
+    /// `None` with `route`.
+    pub actor: Option<String>,
     pub event_id: String,
     /// The event as it was to be delivered (after the route's transforms).
     pub event: Json,
@@ -34,20 +51,59 @@ pub struct DeadLetter {
     pub dead_at: String,
 }
 
-/// The dead letters of the daemon, by id.
+/// A new dead letter's id.
+pub fn new_id() -> String {
+    format!("dl_{}", &orgloop_plugin_sdk::new_event_id()["evt_".len()..])
+}
+
+/// A dead letter as a store holds it.
+#[derive(Clone, Debug)]
+pub(crate) struct Kept {
+    pub letter: DeadLetter,
+    /// In cluster mode, the sequence of its record in the cluster's stream (0 elsewhere).
+    pub seq: u64,
+    /// Claimed by a replay or a purge since this Unix ms.
+    pub claimed_ms: Option<i64>,
+}
+
+impl Kept {
+    pub fn listed(&self, now: i64) -> bool {
+        self.claimed_ms
+            .is_none_or(|at| now - at > CLAIM_RUNS_OUT_MS)
+    }
+}
+
+/// Dead letters by id.
+pub(crate) type Items = Arc<Mutex<BTreeMap<String, Kept>>>;
+
+#[derive(Clone)]
+enum Keep {
+    Memory,
+    Files(PathBuf),
+    Cluster(Arc<Cluster>),
+}
+
+/// The dead letters of the daemon (of the cluster, in cluster mode). Cheap to clone.
 #[derive(Clone)]
 pub struct DeadLetters {
-    /// `None`: in memory only.
-    dir: Option<PathBuf>,
-    items: Arc<Mutex<BTreeMap<String, DeadLetter>>>,
+    keep: Keep,
+    items: Items,
 }
 
 impl DeadLetters {
     /// Kept in memory only.
     pub fn memory() -> Self {
         DeadLetters {
-            dir: None,
+            keep: Keep::Memory,
             items: Arc::default(),
+        }
+    }
+
+    /// Kept in the cluster's stream; the cluster keeps the list up to date.
+    pub fn cluster(cluster: Arc<Cluster>) -> Self {
+        DeadLetters {
+            items: cluster.dead_letters(),
+            keep: Keep::Cluster(cluster),
         }
     }
 
@@ -66,8 +122,13 @@ impl DeadLetters {
                 .map_err(|e| e.to_string())
                 .and_then(|b| serde_json::from_slice::<DeadLetter>(&b).map_err(|e| e.to_string()))
             {
-                Ok(d) => {
-                    items.insert(d.id.clone(), d);
+                Ok(letter) => {
+                    let kept = Kept {
+                        letter,
+                        seq: 0,
+                        claimed_ms: None,
+                    };
+                    items.insert(kept.letter.id.clone(), kept);
                 }
                 Err(e) => {
                     tracing::error!(file = %path.display(), "dead letter unreadable, left in place: {e}")
@@ -75,86 +136,147 @@ impl DeadLetters {
             }
         }
         Ok(DeadLetters {
-            dir: Some(dir),
+            keep: Keep::Files(dir),
             items: Arc::new(Mutex::new(items)),
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, DeadLetter>> {
-        self.items.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Kept>> {
+        lock(&self.items)
     }
 
-    /// Stores `letter` durably (a blocking write and sync; call it off the async threads).
-    pub fn add(&self, letter: DeadLetter) -> io::Result<()> {
-        if let Some(dir) = &self.dir {
-            let tmp = dir.join(format!("{}.tmp", letter.id));
-            let mut file = std::fs::File::create(&tmp)?;
-            file.write_all(&serde_json::to_vec_pretty(&letter)?)?;
-            file.sync_data()?;
-            std::fs::rename(&tmp, dir.join(format!("{}.json", letter.id)))?;
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        self.lock().insert(letter.id.clone(), letter);
+    /// Stores `letter` durably.
+    pub async fn add(&self, letter: DeadLetter) -> io::Result<()> {
+        let seq = match &self.keep {
+            Keep::Memory => 0,
+            Keep::Files(dir) => {
+                let (dir, l) = (dir.clone(), letter.clone());
+                tokio::task::spawn_blocking(move || write(&dir, &l))
+                    .await
+                    .map_err(io::Error::other)??;
+                0
+            }
+            Keep::Cluster(c) => return c.bury(letter).await,
+        };
+        let kept = Kept {
+            letter,
+            seq,
+            claimed_ms: None,
+        };
+        self.lock().insert(kept.letter.id.clone(), kept);
         Ok(())
     }
 
     /// Removes one; `false` when there is none with that id.
-    pub fn remove(&self, id: &str) -> io::Result<bool> {
-        match self.claim(id) {
-            Some(letter) => self.delete(letter).map(|()| true),
+    pub async fn remove(&self, id: &str) -> io::Result<bool> {
+        match self.claim(id).await? {
+            Some(letter) => self.delete(letter).await.map(|()| true),
             None => Ok(false),
         }
     }
 
-    /// Takes a letter out of the list (so that nobody else replays it meanwhile); its file stays
-    /// until [`delete`](Self::delete), or [`put_back`](Self::put_back) returns it.
-    pub fn claim(&self, id: &str) -> Option<DeadLetter> {
-        self.lock().remove(id)
+    /// Takes a letter out of the list (so that nobody else replays it meanwhile) until
+    /// [`delete`](Self::delete) or [`put_back`](Self::put_back); `None` when it is not listed
+    /// (any more).
+    pub async fn claim(&self, id: &str) -> io::Result<Option<DeadLetter>> {
+        if let Keep::Cluster(c) = &self.keep {
+            return c.claim_dead(id).await;
+        }
+        let now = now_ms();
+        Ok(self.lock().get_mut(id).filter(|k| k.listed(now)).map(|k| {
+            k.claimed_ms = Some(now);
+            k.letter.clone()
+        }))
     }
 
     /// Returns a claimed letter to the list.
-    pub fn put_back(&self, letter: DeadLetter) {
-        self.lock().insert(letter.id.clone(), letter);
+    pub async fn put_back(&self, letter: DeadLetter) -> io::Result<()> {
+        if let Keep::Cluster(c) = &self.keep {
+            return c.bury(letter).await;
+        }
+        if let Some(kept) = self.lock().get_mut(&letter.id) {
+            kept.claimed_ms = None;
+        }
+        Ok(())
     }
 
-    /// Deletes a claimed letter's file; on failure it is back in the list.
-    pub fn delete(&self, letter: DeadLetter) -> io::Result<()> {
-        let Some(dir) = &self.dir else {
-            return Ok(());
+    /// Deletes a claimed letter for good; on failure it is back in the list.
+    pub async fn delete(&self, letter: DeadLetter) -> io::Result<()> {
+        let deleted = match &self.keep {
+            Keep::Memory => Ok(()),
+            Keep::Files(dir) => {
+                let file = dir.join(format!("{}.json", letter.id));
+                match tokio::task::spawn_blocking(move || std::fs::remove_file(file)).await {
+                    Ok(Err(e)) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                    Ok(r) => r,
+                    Err(e) => Err(io::Error::other(e)),
+                }
+            }
+            Keep::Cluster(c) => return c.purge_dead(&letter.id).await,
         };
-        match std::fs::remove_file(dir.join(format!("{}.json", letter.id))) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                self.put_back(letter);
+        match deleted {
+            Ok(()) => {
+                self.lock().remove(&letter.id);
+                Ok(())
+            }
+            Err(e) => {
+                self.put_back(letter).await?;
                 Err(e)
             }
-            _ => Ok(()),
         }
     }
 
     pub fn get(&self, id: &str) -> Option<DeadLetter> {
-        self.lock().get(id).cloned()
+        let now = now_ms();
+        self.lock()
+            .get(id)
+            .filter(|k| k.listed(now))
+            .map(|k| k.letter.clone())
     }
 
     /// Those of `module` (all when `None`), oldest first.
     pub fn list(&self, module: Option<&str>) -> Vec<DeadLetter> {
+        let now = now_ms();
         let mut all: Vec<DeadLetter> = self
             .lock()
             .values()
-            .filter(|d| module.is_none_or(|m| d.module == m))
-            .cloned()
+            .filter(|k| k.listed(now) && module.is_none_or(|m| k.letter.module == m))
+            .map(|k| k.letter.clone())
             .collect();
         all.sort_by(|a, b| a.dead_at.cmp(&b.dead_at).then(a.id.cmp(&b.id)));
         all
     }
 
-    /// How many `module` holds, by actor.
+    /// How many `module` holds, by actor (a whole event dead-lettered before routing counts
+    /// under no actor, see [`count`](Self::count)).
     pub fn count_by_actor(&self, module: &str) -> BTreeMap<String, usize> {
         let mut counts = BTreeMap::new();
-        for d in self.lock().values().filter(|d| d.module == module) {
-            *counts.entry(d.actor.clone()).or_default() += 1;
+        for letter in self.list(Some(module)) {
+            if let Some(actor) = letter.actor {
+                *counts.entry(actor).or_default() += 1;
+            }
         }
         counts
     }
+
+    /// How many `module` holds.
+    pub fn count(&self, module: &str) -> usize {
+        self.list(Some(module)).len()
+    }
+}
+
+pub(crate) fn lock(items: &Items) -> std::sync::MutexGuard<'_, BTreeMap<String, Kept>> {
+    items.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Writes `letter`'s file (a blocking write and sync).
+fn write(dir: &Path, letter: &DeadLetter) -> io::Result<()> {
+    let tmp = dir.join(format!("{}.tmp", letter.id));
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(&serde_json::to_vec_pretty(letter)?)?;
+    file.sync_data()?;
+    std::fs::rename(&tmp, dir.join(format!("{}.json", letter.id)))?;
+    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
@@ -165,8 +287,8 @@ mod tests {
         DeadLetter {
             id: id.into(),
             module: module.into(),
-            route: "r".into(),
-            actor: "a".into(),
+            route: Some("r".into()),
+            actor: Some("a".into()),
             event_id: "evt_1".into(),
             event: serde_json::json!({"id": "evt_1"}),
             reason: "rejected".into(),
@@ -177,19 +299,28 @@ mod tests {
         }
     }
 
-    #[test]
-    fn letters_survive_a_reopen_until_removed() {
+    #[tokio::test]
+    async fn letters_survive_a_reopen_until_removed_and_a_claim_hides_one() {
         let dir = std::env::temp_dir().join(format!("orgloop-dead-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let dead = DeadLetters::open(dir.clone()).unwrap();
-        dead.add(letter("dl_1", "m")).unwrap();
-        dead.add(letter("dl_22", "other")).unwrap();
+        dead.add(letter("dl_1", "m")).await.unwrap();
+        dead.add(letter("dl_22", "other")).await.unwrap();
         let again = DeadLetters::open(dir.clone()).unwrap();
         assert_eq!(again.list(None).len(), 2);
         assert_eq!(again.list(Some("m")), [letter("dl_1", "m")]);
         assert_eq!(again.count_by_actor("m")["a"], 1);
-        assert!(again.remove("dl_1").unwrap());
-        assert!(!again.remove("dl_1").unwrap());
+        let claimed = again.claim("dl_22").await.unwrap().unwrap();
+        assert_eq!(again.list(None).len(), 1, "a claimed letter is not listed");
+        assert_eq!(
+            again.claim("dl_22").await.unwrap(),
+            None,
+            "nor claimed twice"
+        );
+        again.put_back(claimed).await.unwrap();
+        assert_eq!(again.list(None).len(), 2);
+        assert!(again.remove("dl_1").await.unwrap());
+        assert!(!again.remove("dl_1").await.unwrap());
         assert_eq!(DeadLetters::open(dir).unwrap().list(None).len(), 1);
     }
 }

@@ -350,16 +350,11 @@ impl Queue {
     /// Opens the queue; with `durability: disk`, locks the data directory and reads back every
     /// entry a previous run left unfinished (they wait until their module is loaded).
     pub fn open(opts: &Options) -> io::Result<Queue> {
-        let (log, dead, lock, recovered) = match opts.durability {
-            Durability::Memory => (None, DeadLetters::memory(), None, None),
-            // The stream keeps the events; the dead letters stay on this node's disk.
-            Durability::Disk if opts.cluster.is_some() => {
-                std::fs::create_dir_all(&opts.dir)?;
-                let lock = lock_dir(&opts.dir)?;
-                let dead = DeadLetters::open(opts.dir.join("dead"))?;
-                (None, dead, Some(lock), None)
-            }
-            Durability::Disk => {
+        let (log, dead, lock, recovered) = match (&opts.cluster, opts.durability) {
+            // The cluster's streams keep the events and the dead letters.
+            (Some(cluster), _) => (None, DeadLetters::cluster(cluster.clone()), None, None),
+            (None, Durability::Memory) => (None, DeadLetters::memory(), None, None),
+            (None, Durability::Disk) => {
                 std::fs::create_dir_all(&opts.dir)?;
                 let lock = lock_dir(&opts.dir)?;
                 let (log, recovered) = Log::open(&opts.dir.join("queue"), opts.segment_bytes)?;
@@ -401,14 +396,30 @@ impl Queue {
         })
     }
 
-    /// Stores an event of `module` (or, with `route`, a delivery along that route only) and hands
-    /// it to the module's dispatcher once it is stored. Await the result before promising
-    /// anything to whoever sent the event.
-    pub fn append(
+    /// Stores an event of `module` and hands it to the module's dispatcher once it is stored.
+    /// Await the result before promising anything to whoever sent the event.
+    pub fn append(&self, module: &str, event: Event) -> Result<Stored, Refused> {
+        self.store(module, None, event, false)
+    }
+
+    /// Stores a dead letter's delivery again: along `route` only, or (`None`) the whole event
+    /// through its routes. Unlike a new event, it is never taken for a client's retry of one
+    /// already stored.
+    pub fn replay(
         &self,
         module: &str,
         route: Option<String>,
         event: Event,
+    ) -> Result<Stored, Refused> {
+        self.store(module, route, event, true)
+    }
+
+    fn store(
+        &self,
+        module: &str,
+        route: Option<String>,
+        event: Event,
+        again: bool,
     ) -> Result<Stored, Refused> {
         let accepted_ms = crate::module::running::now_ms();
         if let Some(cluster) = &self.shared.cluster {
@@ -421,7 +432,7 @@ impl Queue {
                 return Err(Refused::Unknown(format!("module {module} is not loaded")));
             }
             // Handed to a dispatcher when a node takes it from the stream, this one or another.
-            return cluster.publish(module, route.as_deref(), &event, accepted_ms);
+            return cluster.publish(module, route.as_deref(), &event, accepted_ms, again);
         }
         let json = serde_json::to_vec(&event).map_err(|e| Refused::Failed(e.to_string()))?;
         let mut record = Vec::with_capacity(json.len() + 64 + module.len());
@@ -784,28 +795,17 @@ mod tests {
             let q = Queue::open(&options(&dir, u64::MAX)).unwrap();
             let _old = q.register("old", u64::MAX);
             for n in 0..20 {
-                q.append("old", None, event(n))
-                    .unwrap()
-                    .wait()
-                    .await
-                    .unwrap();
+                q.append("old", event(n)).unwrap().wait().await.unwrap();
             }
         }
         // Room for a few events only: the 20 stored ones of "old" wait without counting.
         let q = Queue::open(&options(&dir, 4 * (RESIDENT + 600))).unwrap();
         assert_eq!(q.unfinished(), 20);
         let _new = q.register("new", u64::MAX);
-        q.append("new", None, event(1))
-            .unwrap()
-            .wait()
-            .await
-            .unwrap();
+        q.append("new", event(1)).unwrap().wait().await.unwrap();
         // Once "old" is loaded, its entries count, and the daemon is full.
         let mut old = q.register("old", u64::MAX);
-        assert!(matches!(
-            q.append("new", None, event(2)),
-            Err(Refused::Full(_))
-        ));
+        assert!(matches!(q.append("new", event(2)), Err(Refused::Full(_))));
         let first = old.entries.as_mut().unwrap().recv().await.unwrap();
         assert_eq!(
             first.event.payload().get("n").and_then(|n| n.as_u64()),
