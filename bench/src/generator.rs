@@ -50,8 +50,10 @@ impl Load {
 /// One run of the generator.
 #[derive(Clone)]
 pub struct Plan {
-    /// Where to send: 127.0.0.1 and a port.
-    pub addr: SocketAddr,
+    /// Where to send: 127.0.0.1 and a port, or several (the nodes of a cluster): sender `k`
+    /// starts on the `k`-th, and moves to the next when it cannot connect, as a load balancer
+    /// would.
+    pub addrs: Vec<SocketAddr>,
     /// `/webhook/<source>`.
     pub path: String,
     pub load: Load,
@@ -147,9 +149,10 @@ pub async fn run(plan: Plan) -> Result<Outcome, String> {
     match plan.load {
         Load::Closed(n) => {
             let started = Instant::now();
-            for _ in 0..n.max(1) {
+            for k in 0..n.max(1) {
                 senders.spawn(sender(
                     plan.clone(),
+                    k,
                     Jobs::Counter(next_id.clone(), started),
                 ));
             }
@@ -157,9 +160,10 @@ pub async fn run(plan: Plan) -> Result<Outcome, String> {
         Load::Rate(rate) => {
             let (tx, rx) = mpsc::unbounded_channel();
             let (rx, queued) = (Arc::new(Mutex::new(rx)), Arc::new(AtomicUsize::new(0)));
-            for _ in 0..plan.connections.max(1) {
+            for k in 0..plan.connections.max(1) {
                 senders.spawn(sender(
                     plan.clone(),
+                    k,
                     Jobs::Queue(rx.clone(), queued.clone()),
                 ));
             }
@@ -234,10 +238,11 @@ async fn schedule(
     skipped
 }
 
-/// One connection's worth of sending: takes events until there are none, reconnecting when the
-/// connection breaks.
-async fn sender(plan: Arc<Plan>, jobs: Jobs) -> Tally {
+/// One connection's worth of sending (sender `k`): takes events until there are none,
+/// reconnecting when the connection breaks.
+async fn sender(plan: Arc<Plan>, k: usize, jobs: Jobs) -> Tally {
     let mut tally = Tally::default();
+    let mut at = k % plan.addrs.len().max(1);
     let mut conn: Option<SendRequest<Full<Bytes>>> = None;
     loop {
         let (id, planned_ns) = match &jobs {
@@ -260,13 +265,14 @@ async fn sender(plan: Arc<Plan>, jobs: Jobs) -> Tally {
             }
         };
         if conn.as_ref().is_none_or(|c| c.is_closed()) {
-            match connect(plan.addr).await {
+            match connect(plan.addrs[at]).await {
                 Ok(c) => {
                     conn = Some(c);
                     tally.connects += 1;
                 }
                 Err(_) => {
                     tally.count("connect error");
+                    at = (at + 1) % plan.addrs.len();
                     tally.last_ns = now_ns();
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;

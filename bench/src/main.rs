@@ -7,6 +7,7 @@
 mod analysis;
 mod artifacts;
 mod clock;
+mod cluster;
 mod control;
 mod daemon;
 mod disk;
@@ -64,6 +65,9 @@ enum Command {
     Recovery(RecoveryArgs),
     /// Reloads to a failing version with --auto-rollback under load: how fast the swap back comes.
     Rollback(RollbackArgs),
+    /// N daemons with --cluster on a nats-server of its own, the load spread over them; a node
+    /// killed mid-stream, or reloads across the nodes, on request.
+    Cluster(ClusterArgs),
 }
 
 /// How much load, for how long.
@@ -232,6 +236,32 @@ pub struct RollbackArgs {
     pub daemon_env: Vec<(String, String)>,
 }
 
+#[derive(Args, Clone)]
+pub struct ClusterArgs {
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// Daemons sharing the stream (each with a home of its own, on the same module directory).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=5))]
+    pub nodes: u64,
+    /// SIGKILL the last node this many seconds into the load.
+    #[arg(long, value_parser = seconds, conflicts_with = "reloads")]
+    pub kill_at: Option<f64>,
+    /// Reload the module through the first node this many times during the load, a second
+    /// apart, and time each until every node has swapped.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=100))]
+    pub reloads: u64,
+    /// The nodes' `--cluster-ack-wait`, in seconds: how long a killed node's events wait
+    /// before they go to another node.
+    #[arg(long, default_value_t = 5.0, value_parser = seconds)]
+    pub ack_wait: f64,
+    /// The nats-server binary.
+    #[arg(long, default_value = "nats-server")]
+    pub nats_server: std::path::PathBuf,
+    /// Extra environment for every node, KEY=VALUE (repeatable).
+    #[arg(long, value_parser = key_value)]
+    pub daemon_env: Vec<(String, String)>,
+}
+
 fn key_value(s: &str) -> Result<(String, String), String> {
     let (k, v) = s.split_once('=').ok_or("expected KEY=VALUE")?;
     Ok((k.to_owned(), v.to_owned()))
@@ -280,6 +310,7 @@ fn main() -> ExitCode {
             Command::Startup(a) => startup::run(a, &artifacts, cli.rebuild, &out).await,
             Command::Recovery(a) => recovery::run(a, &artifacts, cli.rebuild, &out).await,
             Command::Rollback(a) => rollback::run(a, &artifacts, cli.rebuild, &out).await,
+            Command::Cluster(a) => cluster::run(a, &artifacts, cli.rebuild, &out).await,
         }
     });
     let busy_after = machine::busy_processes();

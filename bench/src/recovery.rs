@@ -72,7 +72,7 @@ pub async fn run(
     report::daemon(out, artifacts, &first, &args.daemon_env);
     let control = Control::new(first.port, &first.token()?);
     let gen = generator::run(Plan {
-        addr: ([127, 0, 0, 1], first.port).into(),
+        addrs: vec![([127, 0, 0, 1], first.port).into()],
         path: format!("/webhook/{SOURCE}"),
         load,
         connections: args.concurrency,

@@ -55,7 +55,7 @@ pub async fn run(
 
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let plan = Plan {
-        addr: ([127, 0, 0, 1], daemon.port).into(),
+        addrs: vec![([127, 0, 0, 1], daemon.port).into()],
         path: format!("/webhook/{SOURCE}"),
         load: Load::Rate(args.rate),
         connections: 16,

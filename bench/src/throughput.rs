@@ -46,7 +46,7 @@ async fn run_ceiling(
 ) -> Result<(Analysis, f64), String> {
     let sink = Sink::start().await?;
     let plan = Plan {
-        addr: sink.addr(),
+        addrs: vec![sink.addr()],
         path: format!("/webhook/{SOURCE}"),
         load,
         connections: args.connections,
@@ -138,7 +138,7 @@ pub async fn throughput(
     });
 
     let plan = Plan {
-        addr: ([127, 0, 0, 1], daemon.port).into(),
+        addrs: vec![([127, 0, 0, 1], daemon.port).into()],
         path: format!("/webhook/{SOURCE}"),
         load,
         connections: l.connections,
