@@ -530,3 +530,38 @@ fn an_event_that_kills_each_node_that_takes_it_is_dead_lettered_not_passed_on() 
     assert_eq!(second.post("m-in", &note(1)).status, 202);
     sink.wait_delivered(&[1]);
 }
+
+#[test]
+fn nodes_without_room_leave_the_rest_in_the_stream_and_deliver_nothing_twice() {
+    let dir = test_dir("cluster_room");
+    let nats = Nats::start(&dir);
+    let sink = Sink::start();
+    let m = dir.join("m");
+    module(&m, &sink);
+    // Room for about four events a node (each counts 2 KiB and its size).
+    let project = std::fs::read_to_string(m.join("orgloop.yaml")).unwrap();
+    let project = project.replace("defaults:\n", "defaults:\n  max_queue_bytes: 10000\n");
+    std::fs::write(m.join("orgloop.yaml"), project).unwrap();
+    let nodes = nodes(&dir, &m, &nats, 2);
+    // The target fails for longer than the ack wait: the nodes are full all that time, with
+    // the events their client fetched ahead waiting on them.
+    sink.respond_with(503);
+    let all: Vec<u64> = (0..40).collect();
+    for &n in &all {
+        assert_eq!(nodes[n as usize % 2].post("in", &note(n)).status, 202);
+    }
+    std::thread::sleep(ACK_WAIT * 2 + ACK_WAIT / 2);
+    let held: Vec<u64> = nodes.iter().map(held_by).collect();
+    assert!(
+        held.iter().all(|&h| h <= 6),
+        "a node took more than its room: {held:?}"
+    );
+    sink.respond_with(200);
+    sink.wait_delivered(&all);
+    std::thread::sleep(ACK_WAIT);
+    let counts = sink.wait_delivered(&all);
+    let twice: Vec<_> = counts.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+    let (_, dead) = nodes[0].cli_json(&["dlq", "list", "--json"]);
+    assert_eq!(dead, json!([]), "nothing was taken for a poison event");
+}

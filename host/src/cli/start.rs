@@ -32,9 +32,14 @@ const SEGMENT_BYTES: u64 = 8 << 20;
 pub struct StartArgs {
     /// Module directories (each with an orgloop.yaml). Default: the current directory.
     pub modules: Vec<PathBuf>,
-    /// Port of the HTTP server on 127.0.0.1 (webhooks, API, control). 0 picks a free one.
+    /// Port of the HTTP server (webhooks, API, control). 0 picks a free one.
     #[arg(long, env = "ORGLOOP_PORT", default_value_t = 4800)]
     pub port: u16,
+    /// Address the HTTP server listens on. 127.0.0.1 keeps it to this machine; `0.0.0.0` (or
+    /// one of the machine's addresses) lets other machines send webhooks, as the nodes of a
+    /// cluster behind a load balancer need. The control API still asks for its token.
+    #[arg(long, env = "ORGLOOP_HOST", default_value = "127.0.0.1")]
+    pub host: std::net::IpAddr,
     /// How long in-flight deliveries may run on at shutdown before they are cancelled.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
@@ -136,7 +141,7 @@ pub fn run(args: StartArgs) -> ExitCode {
             return ExitCode::from(exit::FAILURE);
         }
     };
-    let listener = match runtime.block_on(listen(args.port)) {
+    let listener = match runtime.block_on(listen(args.host, args.port)) {
         Ok(l) => l,
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && token_path(args.port).exists() => {
             drop(runtime);
@@ -144,8 +149,8 @@ pub fn run(args: StartArgs) -> ExitCode {
         }
         Err(e) => {
             eprintln!(
-                "error: cannot listen on 127.0.0.1:{}: {e} (choose another port with --port)",
-                args.port
+                "error: cannot listen on {}: {e} (choose another port with --port)",
+                std::net::SocketAddr::new(args.host, args.port)
             );
             return ExitCode::from(exit::FAILURE);
         }
@@ -179,13 +184,23 @@ fn register_into_running(args: &StartArgs) -> ExitCode {
     ExitCode::from(worst)
 }
 
-/// Binds 127.0.0.1:`port` with a deep accept backlog (the standard library's 128 overflows when
+/// Binds `host`:`port` with a deep accept backlog (the standard library's 128 overflows when
 /// many senders connect at once, and each overflow costs the sender a 1 s retry).
-async fn listen(port: u16) -> std::io::Result<TcpListener> {
-    let socket = tokio::net::TcpSocket::new_v4()?;
+async fn listen(host: std::net::IpAddr, port: u16) -> std::io::Result<TcpListener> {
+    let socket = match host {
+        std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
     socket.set_reuseaddr(true)?;
-    socket.bind(std::net::SocketAddr::from(([127, 0, 0, 1], port)))?;
+    socket.bind(std::net::SocketAddr::new(host, port))?;
     socket.listen(4096)
+}
+
+/// This machine's name, for a node's default id and address.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "node".to_owned())
 }
 
 async fn daemon(args: StartArgs, listener: TcpListener) -> u8 {
@@ -202,12 +217,10 @@ async fn daemon(args: StartArgs, listener: TcpListener) -> u8 {
                 ack_wait: args.cluster_ack_wait,
                 max_deliver: args.cluster_max_deliver,
                 max_bytes: args.max_store_bytes,
-                node: args.node_id.clone().unwrap_or_else(|| {
-                    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                        .map(|h| h.trim().to_owned())
-                        .unwrap_or_else(|_| "node".to_owned());
-                    format!("{host}:{port}")
-                }),
+                node: args
+                    .node_id
+                    .clone()
+                    .unwrap_or_else(|| format!("{}:{port}", hostname())),
             })
             .await;
             match joined {
@@ -241,7 +254,12 @@ async fn daemon(args: StartArgs, listener: TcpListener) -> u8 {
         queue,
     ));
     if let Some(cluster) = registry.queue.cluster() {
-        let address = format!("http://127.0.0.1:{port}");
+        // Where the other machines reach this node: its name when it listens on every address.
+        let address = if args.host.is_unspecified() {
+            format!("http://{}:{port}", hostname())
+        } else {
+            format!("http://{}", std::net::SocketAddr::new(args.host, port))
+        };
         crate::cluster::nodes::announce(cluster.clone(), Arc::downgrade(&registry), address);
         crate::cluster::reload::serve(cluster, Arc::downgrade(&registry));
     }
@@ -297,10 +315,12 @@ async fn daemon(args: StartArgs, listener: TcpListener) -> u8 {
         watch = args.watch,
         durability = ?args.durability,
         startup_ms = started.elapsed().as_millis() as u64,
-        "orgloop listening on http://127.0.0.1:{port}"
+        "orgloop listening on http://{}",
+        std::net::SocketAddr::new(args.host, port)
     );
     crate::systemd::ready(&format!(
-        "listening on 127.0.0.1:{port}; modules: {}",
+        "listening on {}; modules: {}",
+        std::net::SocketAddr::new(args.host, port),
         loaded.join(", ")
     ));
     crate::systemd::spawn_watchdog();

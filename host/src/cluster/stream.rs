@@ -6,7 +6,11 @@
 //!   after a lost acknowledgement) is stored once (within the two-minute window). Without a
 //!   connection the webhook answers `503` at once, never `202` for an event nothing stored.
 //! - A node takes a module's events only while the module has room (`max_queue_bytes`); what it
-//!   cannot take waits in the stream for another node.
+//!   cannot take waits in the stream for another node. While it has no room it pulls nothing,
+//!   and keeps (and renews) what its client had fetched ahead, so that none of it goes to
+//!   another node after the ack wait and then runs here too.
+//! - An event that nodes took `--cluster-max-deliver` times without finishing it (each died or
+//!   stopped while it held it) is dead-lettered whole by the next node that takes it.
 //! - Each module has one durable pull consumer, shared by every node: each message goes to one
 //!   node, which routes and delivers it, then acknowledges it. A message waiting for a retry or
 //!   a long agent session is kept alive with progress acknowledgements. A node that stops hands
@@ -17,7 +21,7 @@
 //! - The stream is a work queue: an acknowledged message is deleted. Its limit is the daemon's
 //!   `--max-store-bytes`; a full stream refuses new events (`503`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -27,7 +31,7 @@ use async_nats::connection::State;
 use async_nats::jetstream::consumer::{pull, AckPolicy, Consumer};
 use async_nats::jetstream::context::Publish;
 use async_nats::jetstream::message::{AckKind, Acker};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use orgloop_plugin_sdk::{format_timestamp, Event};
 use tokio::sync::oneshot;
 
@@ -169,6 +173,38 @@ impl Drop for Untracked<'_> {
     }
 }
 
+/// Messages the client fetched ahead that this node keeps while its module has no room: renewed
+/// while they wait, handed back if the pump stops first.
+struct Ahead<'a> {
+    cluster: &'a Cluster,
+    messages: VecDeque<async_nats::jetstream::Message>,
+}
+
+impl Ahead<'_> {
+    async fn renew(&self) {
+        for m in &self.messages {
+            let _ = m.ack_with(AckKind::Progress).await;
+        }
+    }
+}
+
+impl Drop for Ahead<'_> {
+    fn drop(&mut self) {
+        let messages = std::mem::take(&mut self.messages);
+        if messages.is_empty() {
+            return;
+        }
+        self.cluster.acks.spawn_on(
+            async move {
+                for m in messages {
+                    let _ = m.ack_with(AckKind::Nak(None)).await;
+                }
+            },
+            &self.cluster.runtime,
+        );
+    }
+}
+
 /// A module's consumer name: JetStream's names have no `.`, `*`, `>` or white space.
 fn consumer_name(module: &str) -> String {
     module
@@ -222,12 +258,29 @@ async fn take(
         )
         .await?;
     cluster.heed_ack_wait(module, consumer.cached_info().config.ack_wait);
-    let mut messages = consumer.messages().await?;
-    while let Some(message) = messages.next().await {
+    // `None` while the module has no room: then nothing more is pulled.
+    let mut pulled = Some(consumer.messages().await?);
+    let mut ahead = Ahead {
+        cluster,
+        messages: VecDeque::new(),
+    };
+    loop {
+        let message = match ahead.messages.pop_front() {
+            Some(m) => m,
+            None => {
+                let stream = match &mut pulled {
+                    Some(stream) => stream,
+                    stopped => stopped.insert(consumer.messages().await?),
+                };
+                match stream.next().await {
+                    Some(m) => m?,
+                    None => return Ok(()),
+                }
+            }
+        };
         let Some(shared) = shared.upgrade() else {
             return Ok(());
         };
-        let message = message?;
         let delivered = message.info().map_or(1, |i| i.delivered);
         let (message, acker) = message.split();
         let header = |name: &str| {
@@ -262,8 +315,25 @@ async fn take(
         let taken = Untracked { cluster, seq };
         // This node takes no more than its module's `max_queue_bytes`: the rest stays in the
         // stream for the other nodes (the one taken meanwhile is kept alive by progress acks).
-        while !shared.has_room(module, bytes) {
-            tokio::time::sleep(ROOM_BACKOFF).await;
+        if !shared.has_room(module, bytes) {
+            // No pulling while there is no room. What the client had fetched ahead is kept
+            // and renewed here: left in the client's buffer it would go to another node after
+            // the ack wait, and then run here as well. (Handing it back instead would count a
+            // delivery against it each time the room runs out, towards `max_deliver`.)
+            if let Some(mut stream) = pulled.take() {
+                while let Some(Some(next)) = stream.next().now_or_never() {
+                    ahead.messages.extend(next.ok());
+                }
+            }
+            let every = Duration::from_millis(cluster.ack_wait_ms.load(Ordering::Relaxed)) / 3;
+            let mut renewed = tokio::time::Instant::now();
+            while !shared.has_room(module, bytes) {
+                tokio::time::sleep(ROOM_BACKOFF).await;
+                if renewed.elapsed() >= every {
+                    ahead.renew().await;
+                    renewed = tokio::time::Instant::now();
+                }
+            }
         }
         std::mem::forget(taken);
         shared.track(module, seq, accepted_ms, bytes);
@@ -276,7 +346,6 @@ async fn take(
             event,
         });
     }
-    Ok(())
 }
 
 impl Cluster {

@@ -10,9 +10,21 @@ use serde_json::Value;
 
 use super::auth::{read_token, token_path};
 
+/// Where this machine reaches a daemon on `port`: the address `orgloop start` listens on
+/// (`ORGLOOP_HOST`), or 127.0.0.1 when that is unset or every address (`0.0.0.0`, `::`).
+pub fn local_address(port: u16) -> String {
+    let host = std::env::var("ORGLOOP_HOST")
+        .ok()
+        .and_then(|h| h.parse::<std::net::IpAddr>().ok())
+        .filter(|ip| !ip.is_unspecified())
+        .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+    std::net::SocketAddr::new(host, port).to_string()
+}
+
 /// A connection to the daemon on one port.
 pub struct Client {
-    port: u16,
+    /// `host:port`: the daemon's `ORGLOOP_HOST` when set (see [`local_address`]).
+    address: String,
     token: String,
     runtime: tokio::runtime::Runtime,
     http: Hyper<HttpConnector, Full<Bytes>>,
@@ -42,7 +54,7 @@ impl Client {
             Hyper::builder(TokioExecutor::new()).build_http()
         };
         Ok(Client {
-            port,
+            address: local_address(port),
             token,
             runtime,
             http,
@@ -62,7 +74,7 @@ impl Client {
     }
 
     fn send(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Answer, String> {
-        let url = format!("http://127.0.0.1:{}{path}", self.port);
+        let url = format!("http://{}{path}", self.address);
         let mut req = hyper::Request::builder()
             .method(method)
             .uri(&url)
@@ -73,12 +85,10 @@ impl Client {
         let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
         let req = req.body(Full::new(bytes)).map_err(|e| e.to_string())?;
         self.runtime.block_on(async {
-            let resp = self.http.request(req).await.map_err(|e| {
-                format!(
-                    "cannot reach the orgloop daemon on 127.0.0.1:{}: {e}",
-                    self.port
-                )
-            })?;
+            let resp =
+                self.http.request(req).await.map_err(|e| {
+                    format!("cannot reach the orgloop daemon on {}: {e}", self.address)
+                })?;
             let status = resp.status().as_u16();
             let body = resp
                 .into_body()
