@@ -565,3 +565,68 @@ fn nodes_without_room_leave_the_rest_in_the_stream_and_deliver_nothing_twice() {
     let (_, dead) = nodes[0].cli_json(&["dlq", "list", "--json"]);
     assert_eq!(dead, json!([]), "nothing was taken for a poison event");
 }
+
+#[test]
+fn a_change_that_reaches_the_watching_nodes_at_different_times_is_reloaded_on_each() {
+    let dir = test_dir("cluster_watch_late");
+    let nats = Nats::start(&dir);
+    let sink = Sink::start();
+    let dirs = [dir.join("a"), dir.join("b")];
+    for d in &dirs {
+        module_at(d, &sink, "/v1");
+    }
+    let nodes = [
+        node(&dir, 0, &dirs[0], &nats, &["--watch"]),
+        node(&dir, 1, &dirs[1], &nats, &["--watch"]),
+    ];
+    wait_nodes(&nodes[1], 2, |n| n["modules"][0]["generation"] == 1);
+    // The change reaches node 0's machine first: node 0 swaps, node 1 has nothing new yet.
+    module_at(&dirs[0], &sink, "/v2");
+    wait_nodes(&nodes[1], 2, |n| {
+        n["modules"][0]["generation"] == if n["id"] == "node-0" { 2 } else { 1 }
+    });
+    // Then node 1's: node 1 reloads it too, though node 0 watches as well.
+    module_at(&dirs[1], &sink, "/v2");
+    wait_nodes(&nodes[0], 2, |n| n["modules"][0]["generation"] == 2);
+    for (i, n) in nodes.iter().enumerate() {
+        assert_eq!(n.post("in", &note(i as u64)).status, 202);
+    }
+    sink.wait_delivered(&[0, 1]);
+    assert!(sink.received().iter().all(|r| r.path == "/v2"));
+}
+
+#[test]
+fn two_reloads_sent_to_two_nodes_at_once_run_one_after_the_other() {
+    let dir = test_dir("cluster_reload_race");
+    let nats = Nats::start(&dir);
+    let sink = Sink::start();
+    let dirs = [dir.join("a"), dir.join("b")];
+    for d in &dirs {
+        module_at(d, &sink, "/v1");
+    }
+    let nodes = nodes_on(&dir, &[&dirs[0], &dirs[1]], &nats);
+    wait_nodes(&nodes[0], 2, |_| true);
+    for d in &dirs {
+        module_at(d, &sink, "/v2");
+    }
+    // Each would hold one node's module lock and wait for the other's: one waits instead.
+    let reports: Vec<(i32, serde_json::Value)> = std::thread::scope(|s| {
+        let racing: Vec<_> = nodes
+            .iter()
+            .map(|n| s.spawn(|| n.cli_json(&["module", "reload", "m", "--json"])))
+            .collect();
+        racing.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let mut outcomes: Vec<String> = reports
+        .iter()
+        .map(|(code, r)| {
+            assert_eq!(*code, 0, "{r:#}");
+            r["outcome"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    outcomes.sort();
+    assert_eq!(outcomes, ["swapped", "unchanged"], "{reports:#?}");
+    for node in &nodes {
+        assert_eq!(node.module_status("m")["generation"]["number"], 2);
+    }
+}

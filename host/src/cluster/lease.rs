@@ -4,7 +4,8 @@
 //!
 //! Both are records in the stream `<name>-leases`, which keeps the last record of each subject:
 //! `<name>.leases.<module>.<source>` (who holds it, until when) and
-//! `<name>.checkpoints.<module>.<source>`. A lease is taken or renewed by a publish that names
+//! `<name>.checkpoints.<module>.<source>`. (`<name>.leases.<module>` is the lock of the node
+//! that coordinates a reload of the module, see [`super::reload`].) A lease is taken or renewed by a publish that names
 //! the sequence of the record it replaces (`Nats-Expected-Last-Subject-Sequence`): of two nodes
 //! that try at once, one wins. It lasts the cluster's ack wait and is renewed every third of it;
 //! a node that died loses it when it runs out. The holder stops polling a third of the ack wait
@@ -48,20 +49,35 @@ impl Cluster {
     /// node's last record of it. Returns the new sequence, or `None` when another node holds it.
     async fn take(&self, module: &str, source: &str, held: Option<u64>) -> Option<u64> {
         let subject = self.subject("leases", module, source);
+        self.claim_record(subject, held, self.opts.ack_wait)
+            .await
+            .ok()
+    }
+
+    /// Takes or renews the record `subject` for `lasting`; `held` is the sequence of this
+    /// node's last record of it. The new sequence, or the node that holds it (`Err`), or `Err`
+    /// with an empty name when JetStream could not be asked.
+    async fn claim_record(
+        &self,
+        subject: String,
+        held: Option<u64>,
+        lasting: Duration,
+    ) -> Result<u64, String> {
         // A renewal names its own last record; only a claim looks up the current one.
         let last = match held {
             Some(seq) => seq,
             None => match self
                 .leases()
                 .await
-                .ok()?
+                .map_err(|_| String::new())?
                 .get_last_raw_message_by_subject(&subject)
                 .await
             {
                 Ok(m) => {
-                    let r: Record = serde_json::from_slice(&m.payload).ok()?;
+                    let r: Record =
+                        serde_json::from_slice(&m.payload).map_err(|_| String::new())?;
                     if r.holder != self.node() && r.until_ms > now_ms() {
-                        return None;
+                        return Err(r.holder);
                     }
                     m.sequence
                 }
@@ -71,18 +87,61 @@ impl Cluster {
         };
         let record = Record {
             holder: self.node().to_owned(),
-            until_ms: now_ms() + self.opts.ack_wait.as_millis() as i64,
+            until_ms: now_ms() + lasting.as_millis() as i64,
         };
-        let payload = serde_json::to_vec(&record).ok()?;
+        let payload = serde_json::to_vec(&record).map_err(|_| String::new())?;
         let publish = Publish::build()
             .payload(payload.into())
             .expected_last_subject_sequence(last);
-        let ack = self.js.send_publish(subject, publish).await.ok()?;
-        ack.await.ok().map(|a| a.sequence)
+        let ack = self
+            .js
+            .send_publish(subject, publish)
+            .await
+            .map_err(|_| String::new())?;
+        ack.await.map(|a| a.sequence).map_err(|_| String::new())
+    }
+
+    /// Takes the lock that lets this node coordinate a reload of `module` across the cluster,
+    /// waiting up to `within` for another coordinator to finish; the lock lasts `lasting` unless
+    /// [`unlock_reload`](Self::unlock_reload) gives it up first. Its record's sequence, or who
+    /// holds it.
+    pub async fn lock_reload(
+        &self,
+        module: &str,
+        within: Duration,
+        lasting: Duration,
+    ) -> Result<u64, String> {
+        let subject = format!("{}.leases.{}", self.opts.name, key(module));
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match self.claim_record(subject.clone(), None, lasting).await {
+                Ok(seq) => return Ok(seq),
+                Err(holder) if tokio::time::Instant::now() >= deadline => {
+                    return Err(if holder.is_empty() {
+                        "the cluster did not answer".to_owned()
+                    } else {
+                        format!("node {holder} is reloading it")
+                    })
+                }
+                Err(_) => tokio::time::sleep(WAIT_FOR_LEASE).await,
+            }
+        }
+    }
+
+    /// Gives up the reload lock of `module` taken with record `seq`.
+    pub async fn unlock_reload(&self, module: &str, seq: u64) {
+        let subject = format!("{}.leases.{}", self.opts.name, key(module));
+        self.release_record(subject, seq).await;
     }
 
     /// Gives up this node's lease of `module`'s `source` (its record `seq`), if it still holds it.
     async fn release(&self, module: &str, source: &str, seq: u64) {
+        self.release_record(self.subject("leases", module, source), seq)
+            .await;
+    }
+
+    /// Gives up record `subject` (its record `seq`), if this node still holds it.
+    async fn release_record(&self, subject: String, seq: u64) {
         let record = Record {
             holder: self.node().to_owned(),
             until_ms: 0,
@@ -93,7 +152,6 @@ impl Cluster {
         let publish = Publish::build()
             .payload(payload.into())
             .expected_last_subject_sequence(seq);
-        let subject = self.subject("leases", module, source);
         if let Ok(ack) = self.js.send_publish(subject, publish).await {
             let _ = tokio::time::timeout(Duration::from_secs(2), ack).await;
         }

@@ -74,8 +74,28 @@ fn subjects(cluster: &Cluster) -> (String, String) {
 }
 
 /// Coordinates a reload of `module` on every node; returns the report and whether anything
-/// was applied (`false`: refused, nothing changed anywhere).
+/// was applied (`false`: refused, nothing changed anywhere). One coordinator at a time per
+/// module: two at once would each hold some nodes' module locks while waiting for the others',
+/// until the prepare timeout. A second one waits for the first (up to the prepare timeout).
 pub async fn coordinate(cluster: &Cluster, module: &str, opts: &ReloadOptions) -> (bool, Value) {
+    let lasting = PREPARE_WITHIN + COMMIT_WITHIN + Duration::from_secs(10);
+    let lock = match cluster.lock_reload(module, PREPARE_WITHIN, lasting).await {
+        Ok(seq) => seq,
+        Err(e) => {
+            let error =
+                format!("another reload of {module} is under way and did not end in time: {e}");
+            return (
+                false,
+                json!({"outcome": "rejected", "module": module, "error": error}),
+            );
+        }
+    };
+    let result = coordinate_locked(cluster, module, opts).await;
+    cluster.unlock_reload(module, lock).await;
+    result
+}
+
+async fn coordinate_locked(cluster: &Cluster, module: &str, opts: &ReloadOptions) -> (bool, Value) {
     let mut nodes: Vec<String> = match cluster.nodes().await {
         Ok(nodes) => nodes.into_iter().map(|n| n.id).collect(),
         Err(e) => {
@@ -154,20 +174,11 @@ pub async fn coordinate(cluster: &Cluster, module: &str, opts: &ReloadOptions) -
     (outcome != "rejected", report)
 }
 
-/// A change `--watch` saw: reloaded across the cluster by the first node (by id) of those that
-/// watch, so that several watching nodes do not coordinate one change at once (each would wait
-/// for the others' prepares, behind their locks, until the prepare timeout).
+/// A change `--watch` saw on this node: reloaded across the cluster. Every watching node
+/// coordinates the changes it sees (one after the other, see [`coordinate`]): when the files
+/// reach the machines at different times, the node they reach last still reloads them, and
+/// the nodes that already have them answer `unchanged`.
 pub async fn on_change(cluster: &Cluster, module: &str) {
-    let nodes = cluster.nodes().await.unwrap_or_default();
-    let first = nodes
-        .iter()
-        .filter(|n| n.watching)
-        .map(|n| n.id.as_str())
-        .min();
-    if let Some(first) = first.filter(|f| *f != cluster.node()) {
-        tracing::info!(module = %module, "files changed; node {first} reloads the cluster");
-        return;
-    }
     let (applied, report) = coordinate(cluster, module, &ReloadOptions::default()).await;
     if applied {
         tracing::info!(module = %module, outcome = %report["outcome"], "automatic reload across the cluster");
