@@ -1,20 +1,44 @@
 //! The daemon's HTTP client, lent to plugins through [`super::services`] (a plugin has no reactor
 //! of its own). Plain `http://` only for now: TLS would add a large dependency tree to every build.
+//!
+//! Its own small pool, per `host:port`: at most [`MAX_PER_HOST`] requests at once, each on a
+//! keep-alive HTTP/1.1 connection of the pool, a new one made only when none is idle. (hyper-util's
+//! legacy client raced a new connection against every checkout that found none idle, so a burst
+//! of deliveries to one target opened hundreds of connections, and making them was what turned a
+//! short stall into a 100 ms latency spike.) A request beyond the limit waits for a free
+//! connection, within its own timeout.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
 use orgloop_plugin_sdk::{HttpRequest, HttpResponse};
+use tokio::sync::Semaphore;
 
 /// Responses larger than this are refused.
 const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+/// Requests in flight to one `host:port`, and so connections to it.
+const MAX_PER_HOST: usize = 32;
+/// An idle connection older than this is closed rather than reused (servers close theirs after
+/// a while; reusing one they are closing fails the request).
+const IDLE_FOR: Duration = Duration::from_secs(30);
+
+type Conn = SendRequest<Full<Bytes>>;
+
+/// The connections to one `host:port`.
+struct Host {
+    /// Idle connections, the most recently used last.
+    idle: Mutex<Vec<(Conn, Instant)>>,
+    slots: Semaphore,
+}
 
 #[derive(Clone)]
 pub struct HttpClient {
-    client: Client<HttpConnector, Full<Bytes>>,
+    hosts: Arc<Mutex<HashMap<String, Arc<Host>>>>,
     /// The runtime requests run on: the daemon's, never a module's (see
     /// [`crate::module::executor`]); the current one when made outside a runtime.
     io: Option<tokio::runtime::Handle>,
@@ -22,15 +46,8 @@ pub struct HttpClient {
 
 impl Default for HttpClient {
     fn default() -> Self {
-        // No Nagle: a request is written whole, and waiting to coalesce small writes only adds
-        // latency.
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
         HttpClient {
-            client,
+            hosts: Arc::default(),
             io: tokio::runtime::Handle::try_current().ok(),
         }
     }
@@ -52,6 +69,14 @@ impl HttpClient {
 
     /// Sends `req` and reads the whole response, within `req.timeout`.
     pub async fn send(&self, req: HttpRequest) -> Result<HttpResponse, String> {
+        let timeout = req.timeout;
+        let what = format!("{} {}", req.method, req.url);
+        tokio::time::timeout(timeout, self.exchange(req))
+            .await
+            .unwrap_or_else(|_| Err(format!("{what}: timed out after {timeout:?}")))
+    }
+
+    async fn exchange(&self, mut req: HttpRequest) -> Result<HttpResponse, String> {
         let uri: hyper::Uri = req
             .url
             .parse()
@@ -71,51 +96,144 @@ impl HttpClient {
                 ))
             }
         }
-        let mut builder = hyper::Request::builder()
-            .method(req.method.as_str())
-            .uri(uri);
-        for (k, v) in &req.headers {
-            builder = builder.header(k.as_str(), v.as_str());
-        }
-        let request = builder
-            .body(Full::new(Bytes::from(req.body)))
-            .map_err(|e| format!("invalid request: {e}"))?;
-        let exchange = async {
-            let response = self
-                .client
-                .request(request)
-                .await
-                .map_err(|e| error_chain(&e))?; // the caller names the request
-            let (parts, body) = response.into_parts();
-            let body = Limited::new(body, MAX_RESPONSE_BYTES)
-                .collect()
-                .await
-                .map_err(|e| format!("reading the response of {}: {e}", req.url))?;
-            let headers = parts
-                .headers
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.as_str().to_owned(),
-                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                    )
-                })
-                .collect();
-            Ok(HttpResponse {
-                status: parts.status.as_u16(),
-                headers,
-                body: body.to_bytes().to_vec(),
-            })
+        let authority = uri
+            .authority()
+            .ok_or_else(|| format!("URL {:?} has no host", req.url))?;
+        let address = match authority.port_u16() {
+            Some(_) => authority.as_str().to_owned(),
+            None => format!("{}:80", authority.host()),
         };
-        tokio::time::timeout(req.timeout, exchange)
+        let body = Bytes::from(std::mem::take(&mut req.body));
+        let host = self.host(&address);
+        let _slot = host
+            .slots
+            .acquire()
             .await
-            .unwrap_or_else(|_| {
-                Err(format!(
-                    "{} {}: timed out after {:?}",
-                    req.method, req.url, req.timeout
-                ))
+            .map_err(|e| format!("the HTTP client is closed: {e}"))?;
+        let (mut conn, reused) = host.checkout(&address).await?;
+        let mut sent = conn.send_request(build(&req, &uri, body.clone())?).await;
+        // A reused connection the server closed meanwhile fails before the request is
+        // written: sent again, once, on a new one (the target cannot have seen it).
+        if reused
+            && sent
+                .as_ref()
+                .is_err_and(|e| e.is_canceled() || e.is_closed())
+        {
+            conn = connect(&address).await?;
+            sent = conn.send_request(build(&req, &uri, body)?).await;
+        }
+        let response = sent.map_err(|e| error_chain(&e))?; // the caller names the request
+        let (parts, body) = response.into_parts();
+        let body = Limited::new(body, MAX_RESPONSE_BYTES)
+            .collect()
+            .await
+            .map_err(|e| format!("reading the response of {}: {e}", req.url))?;
+        host.put_back(conn);
+        let headers = parts
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
             })
+            .collect();
+        Ok(HttpResponse {
+            status: parts.status.as_u16(),
+            headers,
+            body: body.to_bytes().to_vec(),
+        })
     }
+
+    fn host(&self, address: &str) -> Arc<Host> {
+        let mut hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        hosts
+            .entry(address.to_owned())
+            .or_insert_with(|| {
+                Arc::new(Host {
+                    idle: Mutex::default(),
+                    slots: Semaphore::new(MAX_PER_HOST),
+                })
+            })
+            .clone()
+    }
+}
+
+impl Host {
+    /// The most recently used idle connection that is still open, fresh and ready for a
+    /// request, else a new one; and whether it was reused.
+    async fn checkout(&self, address: &str) -> Result<(Conn, bool), String> {
+        while let Some(mut conn) = self.take_idle() {
+            if conn.ready().await.is_ok() {
+                return Ok((conn, true));
+            }
+        }
+        Ok((connect(address).await?, false))
+    }
+
+    fn take_idle(&self) -> Option<Conn> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some((conn, since)) = idle.pop() {
+            if !conn.is_closed() && since.elapsed() < IDLE_FOR {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection whose exchange is over, unless the server is closing it.
+    fn put_back(&self, conn: Conn) {
+        if conn.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.retain(|(c, since)| !c.is_closed() && since.elapsed() < IDLE_FOR);
+        idle.push((conn, Instant::now()));
+    }
+}
+
+/// `req` as sent on a connection of its own: the URI is the path, the host goes in `Host`.
+fn build(
+    req: &HttpRequest,
+    uri: &hyper::Uri,
+    body: Bytes,
+) -> Result<hyper::Request<Full<Bytes>>, String> {
+    let mut builder = hyper::Request::builder()
+        .method(req.method.as_str())
+        .uri(uri.path_and_query().map_or("/", |p| p.as_str()));
+    if !req
+        .headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("host"))
+    {
+        if let Some(authority) = uri.authority() {
+            builder = builder.header("host", authority.as_str());
+        }
+    }
+    for (k, v) in &req.headers {
+        builder = builder.header(k.as_str(), v.as_str());
+    }
+    builder
+        .body(Full::new(body))
+        .map_err(|e| format!("invalid request: {e}"))
+}
+
+/// A new HTTP/1.1 connection to `address`, its I/O driven by a task of its own.
+async fn connect(address: &str) -> Result<Conn, String> {
+    let tcp = tokio::net::TcpStream::connect(address)
+        .await
+        .map_err(|e| format!("cannot connect to {address}: {e}"))?;
+    // No Nagle: a request is written whole, and waiting to coalesce small writes only adds
+    // latency.
+    let _ = tcp.set_nodelay(true);
+    let (conn, driver) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| error_chain(&e))?;
+    tokio::spawn(async move {
+        let _ = driver.await;
+    });
+    Ok(conn)
 }
 
 /// "error: cause: cause", since hyper's top-level messages say little.
