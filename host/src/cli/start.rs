@@ -160,7 +160,7 @@ pub fn run(args: StartArgs) -> ExitCode {
 
 /// A daemon already listens on the port: hand it the modules.
 fn register_into_running(args: &StartArgs) -> ExitCode {
-    let client = match Client::new(args.port) {
+    let client = match Client::listening_on(Some(args.host), args.port) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");

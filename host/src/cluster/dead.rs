@@ -43,10 +43,11 @@ impl Cluster {
         format!("{}.dead.{id}", self.opts.name)
     }
 
-    /// Stores `letter` (again, after a claim that was not completed).
+    /// Stores `letter` (again, after this node's claim of it that was not completed: then only
+    /// if nobody claimed it since, its claim having run out).
     pub async fn bury(&self, letter: DeadLetter) -> io::Result<()> {
         let payload = serde_json::to_vec(&letter)?;
-        let publish = Publish::build().payload(payload.into());
+        let publish = self.after_claim(&letter.id, Publish::build().payload(payload.into()));
         let seq = self.send_dead(&letter.id, publish).await?;
         learn(&self.dead, letter, seq, None);
         Ok(())
@@ -66,6 +67,7 @@ impl Cluster {
             .expected_last_subject_sequence(kept.seq);
         match self.send_dead(id, publish).await {
             Ok(seq) => {
+                self.claims().insert(id.to_owned(), seq);
                 learn(&self.dead, kept.letter.clone(), seq, Some(now));
                 Ok(Some(kept.letter))
             }
@@ -77,9 +79,22 @@ impl Cluster {
     /// Deletes claimed letter `id` for good. It stays in this node's list, claimed (so not
     /// listed), until its tombstone comes back in the stream, after the records before it.
     pub async fn purge_dead(&self, id: &str) -> io::Result<()> {
-        self.send_dead(id, Publish::build().header(KIND, GONE))
-            .await
-            .map(drop)
+        let publish = self.after_claim(id, Publish::build().header(KIND, GONE));
+        self.send_dead(id, publish).await.map(drop)
+    }
+
+    /// `publish`, expected to replace this node's claim of letter `id` when it holds one: a
+    /// claim that ran out may have been taken over by another node meanwhile.
+    fn after_claim(&self, id: &str, publish: Publish) -> Publish {
+        match self.claims().remove(id) {
+            Some(seq) => publish.expected_last_subject_sequence(seq),
+            None => publish,
+        }
+    }
+
+    /// This node's claims of dead letters: the sequence of each claim's record, by letter id.
+    fn claims(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, u64>> {
+        self.dead_claims.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Publishes a record of letter `id` and waits until JetStream stored it: its sequence, or
@@ -163,7 +178,9 @@ impl Records {
     async fn catch_up(&mut self, items: &Items) -> Result<(), String> {
         while self.pending > 0 {
             match self.messages.next().await {
-                Some(Ok(m)) => self.pending = apply(items, &m).unwrap_or(0),
+                Some(Ok(m)) => {
+                    self.pending = apply(items, &m).unwrap_or(self.pending.saturating_sub(1))
+                }
                 Some(Err(e)) => return Err(e.to_string()),
                 None => return Err("the cluster's dead letters ended".into()),
             }
@@ -200,7 +217,10 @@ fn apply(items: &Items, m: &async_nats::jetstream::Message) -> Option<u64> {
     }
     match header(KIND).as_deref() {
         Some(GONE) => {
-            lock(items).remove(&id);
+            let mut items = lock(items);
+            if items.get(&id).is_some_and(|k| k.seq < seq) {
+                items.remove(&id);
+            }
         }
         kind => match serde_json::from_slice::<DeadLetter>(&m.payload) {
             Ok(letter) => {

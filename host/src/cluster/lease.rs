@@ -49,17 +49,18 @@ impl Cluster {
     /// node's last record of it. Returns the new sequence, or `None` when another node holds it.
     async fn take(&self, module: &str, source: &str, held: Option<u64>) -> Option<u64> {
         let subject = self.subject("leases", module, source);
-        self.claim_record(subject, held, self.opts.ack_wait)
+        self.claim_record(subject, self.node(), held, self.opts.ack_wait)
             .await
             .ok()
     }
 
-    /// Takes or renews the record `subject` for `lasting`; `held` is the sequence of this
-    /// node's last record of it. The new sequence, or the node that holds it (`Err`), or `Err`
-    /// with an empty name when JetStream could not be asked.
+    /// Takes or renews the record `subject` for `holder` and `lasting`; `held` is the sequence
+    /// of its last record of it. The new sequence, or who holds it (`Err`), or `Err` with an
+    /// empty name when JetStream could not be asked.
     async fn claim_record(
         &self,
         subject: String,
+        holder: &str,
         held: Option<u64>,
         lasting: Duration,
     ) -> Result<u64, String> {
@@ -76,7 +77,7 @@ impl Cluster {
                 Ok(m) => {
                     let r: Record =
                         serde_json::from_slice(&m.payload).map_err(|_| String::new())?;
-                    if r.holder != self.node() && r.until_ms > now_ms() {
+                    if r.holder != holder && r.until_ms > now_ms() {
                         return Err(r.holder);
                     }
                     m.sequence
@@ -86,7 +87,7 @@ impl Cluster {
             },
         };
         let record = Record {
-            holder: self.node().to_owned(),
+            holder: holder.to_owned(),
             until_ms: now_ms() + lasting.as_millis() as i64,
         };
         let payload = serde_json::to_vec(&record).map_err(|_| String::new())?;
@@ -112,15 +113,19 @@ impl Cluster {
         lasting: Duration,
     ) -> Result<u64, String> {
         let subject = format!("{}.leases.{}", self.opts.name, key(module));
+        // Each coordination holds it on its own, two on this node included.
+        let holder = format!("{} {}", self.node(), orgloop_plugin_sdk::new_event_id());
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            match self.claim_record(subject.clone(), None, lasting).await {
+            match self
+                .claim_record(subject.clone(), &holder, None, lasting)
+                .await
+            {
                 Ok(seq) => return Ok(seq),
-                Err(holder) if tokio::time::Instant::now() >= deadline => {
-                    return Err(if holder.is_empty() {
-                        "the cluster did not answer".to_owned()
-                    } else {
-                        format!("node {holder} is reloading it")
+                Err(other) if tokio::time::Instant::now() >= deadline => {
+                    return Err(match other.rsplit_once(' ') {
+                        Some((node, _)) => format!("node {node} is reloading it"),
+                        None => "the cluster did not answer".to_owned(),
                     })
                 }
                 Err(_) => tokio::time::sleep(WAIT_FOR_LEASE).await,

@@ -59,6 +59,8 @@ pub struct Cluster {
     acks: tokio_util::task::TaskTracker,
     /// The cluster's dead letters, kept up to date from their stream (see [`dead`]).
     dead: crate::queue::dead::Items,
+    /// This node's claims of dead letters (see [`dead`]).
+    dead_claims: Mutex<HashMap<String, u64>>,
     /// The shortest ack wait of the consumers this node takes from, in ms.
     ack_wait_ms: std::sync::atomic::AtomicU64,
 }
@@ -108,6 +110,7 @@ impl Cluster {
             runtime: tokio::runtime::Handle::current(),
             acks: tokio_util::task::TaskTracker::new(),
             dead: Default::default(),
+            dead_claims: Mutex::default(),
             ack_wait_ms: (opts.ack_wait.as_millis() as u64).into(),
             opts,
         });

@@ -36,7 +36,7 @@ use orgloop_plugin_sdk::{format_timestamp, Event};
 use tokio::sync::oneshot;
 
 use super::Cluster;
-use crate::queue::dead::{new_id, DeadLetter};
+use crate::queue::dead::DeadLetter;
 use crate::queue::{new_ticket, Entry, Refused, Shared, Stored, RESIDENT};
 
 /// How long a publish may wait for JetStream's acknowledgement before the webhook says `503`.
@@ -178,13 +178,29 @@ impl Drop for Untracked<'_> {
 struct Ahead<'a> {
     cluster: &'a Cluster,
     messages: VecDeque<async_nats::jetstream::Message>,
+    /// When they were last renewed (or kept): across waits for room, which may each be short.
+    renewed: tokio::time::Instant,
 }
 
 impl Ahead<'_> {
-    async fn renew(&self) {
+    /// Keeps `messages` (fetched ahead, now kept here) with those already kept.
+    fn keep(&mut self, messages: impl IntoIterator<Item = async_nats::jetstream::Message>) {
+        if self.messages.is_empty() {
+            self.renewed = tokio::time::Instant::now();
+        }
+        self.messages.extend(messages);
+    }
+
+    /// Renews the kept messages every third of the ack wait.
+    async fn renew_when_due(&mut self) {
+        let ack_wait = Duration::from_millis(self.cluster.ack_wait_ms.load(Ordering::Relaxed));
+        if self.messages.is_empty() || self.renewed.elapsed() < ack_wait / 3 {
+            return;
+        }
         for m in &self.messages {
             let _ = m.ack_with(AckKind::Progress).await;
         }
+        self.renewed = tokio::time::Instant::now();
     }
 }
 
@@ -263,8 +279,10 @@ async fn take(
     let mut ahead = Ahead {
         cluster,
         messages: VecDeque::new(),
+        renewed: tokio::time::Instant::now(),
     };
     loop {
+        ahead.renew_when_due().await;
         let message = match ahead.messages.pop_front() {
             Some(m) => m,
             None => {
@@ -281,7 +299,9 @@ async fn take(
         let Some(shared) = shared.upgrade() else {
             return Ok(());
         };
-        let delivered = message.info().map_or(1, |i| i.delivered);
+        let (delivered, stream_seq) = message
+            .info()
+            .map_or((1, 0), |i| (i.delivered, i.stream_sequence));
         let (message, acker) = message.split();
         let header = |name: &str| {
             message
@@ -304,7 +324,14 @@ async fn take(
             .unwrap_or_else(crate::module::running::now_ms);
         if delivered > i64::from(cluster.opts.max_deliver) {
             cluster
-                .give_up(module, header(ROUTE), event, accepted_ms, delivered, acker)
+                .give_up(
+                    module,
+                    header(ROUTE),
+                    event,
+                    accepted_ms,
+                    (delivered, stream_seq),
+                    acker,
+                )
                 .await;
             continue;
         }
@@ -321,18 +348,15 @@ async fn take(
             // the ack wait, and then run here as well. (Handing it back instead would count a
             // delivery against it each time the room runs out, towards `max_deliver`.)
             if let Some(mut stream) = pulled.take() {
+                let mut fetched = Vec::new();
                 while let Some(Some(next)) = stream.next().now_or_never() {
-                    ahead.messages.extend(next.ok());
+                    fetched.extend(next.ok());
                 }
+                ahead.keep(fetched);
             }
-            let every = Duration::from_millis(cluster.ack_wait_ms.load(Ordering::Relaxed)) / 3;
-            let mut renewed = tokio::time::Instant::now();
             while !shared.has_room(module, bytes) {
                 tokio::time::sleep(ROOM_BACKOFF).await;
-                if renewed.elapsed() >= every {
-                    ahead.renew().await;
-                    renewed = tokio::time::Instant::now();
-                }
+                ahead.renew_when_due().await;
             }
         }
         std::mem::forget(taken);
@@ -351,19 +375,23 @@ async fn take(
 impl Cluster {
     /// Dead-letters an event that `delivered` nodes took without finishing it (each died or
     /// stopped while it held it: an event that kills whoever routes it), then acknowledges it.
+    /// (A node that stops hands back what it holds, and that counts as a delivery too: an event
+    /// held through `max_deliver` restarts is taken for such an event.)
     async fn give_up(
         &self,
         module: &str,
         route: Option<String>,
         event: Event,
         accepted_ms: i64,
-        delivered: i64,
+        (delivered, stream_seq): (i64, u64),
         acker: Acker,
     ) {
         let reason = format!(
             "taken by a node {delivered} times and never finished (each node died or stopped while it held it); dead-lettered before routing"
         );
-        let id = new_id();
+        // Named after the message, so that burying it again (its acknowledgement was lost)
+        // replaces the letter instead of adding a second one.
+        let id = format!("dl_{stream_seq:016x}");
         let letter = DeadLetter {
             id: id.clone(),
             module: module.to_owned(),

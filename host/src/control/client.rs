@@ -10,12 +10,12 @@ use serde_json::Value;
 
 use super::auth::{read_token, token_path};
 
-/// Where this machine reaches a daemon on `port`: the address `orgloop start` listens on
-/// (`ORGLOOP_HOST`), or 127.0.0.1 when that is unset or every address (`0.0.0.0`, `::`).
-pub fn local_address(port: u16) -> String {
-    let host = std::env::var("ORGLOOP_HOST")
-        .ok()
-        .and_then(|h| h.parse::<std::net::IpAddr>().ok())
+/// Where this machine reaches a daemon on `port` that listens on `host` (default: the address
+/// in `ORGLOOP_HOST`, as `orgloop start` reads it): 127.0.0.1 when that is unset or every
+/// address (`0.0.0.0`, `::`).
+fn local_address(host: Option<std::net::IpAddr>, port: u16) -> String {
+    let host = host
+        .or_else(|| std::env::var("ORGLOOP_HOST").ok()?.parse().ok())
         .filter(|ip| !ip.is_unspecified())
         .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
     std::net::SocketAddr::new(host, port).to_string()
@@ -39,6 +39,12 @@ pub struct Answer {
 impl Client {
     /// Prepares a client for the daemon on `port`.
     pub fn new(port: u16) -> Result<Client, String> {
+        Self::listening_on(None, port)
+    }
+
+    /// Prepares a client for the daemon that listens on `host` (default: `ORGLOOP_HOST`) and
+    /// `port`.
+    pub fn listening_on(host: Option<std::net::IpAddr>, port: u16) -> Result<Client, String> {
         let token = read_token(port).map_err(|e| {
             format!(
                 "no orgloop daemon seems to run on port {port}: cannot read its token at {} ({e}); start one with `orgloop start`, or pass --port",
@@ -54,7 +60,7 @@ impl Client {
             Hyper::builder(TokioExecutor::new()).build_http()
         };
         Ok(Client {
-            address: local_address(port),
+            address: local_address(host, port),
             token,
             runtime,
             http,

@@ -1,7 +1,7 @@
 //! The daemon's HTTP client, lent to plugins through [`super::services`] (a plugin has no reactor
 //! of its own). Plain `http://` only for now: TLS would add a large dependency tree to every build.
 //!
-//! Its own small pool, per `host:port`: at most [`MAX_PER_HOST`] requests at once, each on a
+//! Its own small pool, per `host:port`: at most 32 requests at once, each on a
 //! keep-alive HTTP/1.1 connection of the pool, a new one made only when none is idle. (hyper-util's
 //! legacy client raced a new connection against every checkout that found none idle, so a burst
 //! of deliveries to one target opened hundreds of connections, and making them was what turned a
