@@ -375,9 +375,10 @@ fn a_poller_runs_on_one_node_and_fails_over_from_its_checkpoint() {
     assert!(twice <= 1, "{counts:?}");
 }
 
-#[test]
-fn a_change_watched_on_one_node_is_reloaded_on_every_node() {
-    let dir = test_dir("cluster_watch");
+/// Two nodes on copies `a` and `b` of the module (posting to `/v1`), node 0 with `--watch`,
+/// node 1 with `second`; once both are listed on generation 1.
+fn watched_pair(test: &str, second: &[&str]) -> (Nats, Sink, [std::path::PathBuf; 2], [Daemon; 2]) {
+    let dir = test_dir(test);
     let nats = Nats::start(&dir);
     let sink = Sink::start();
     let dirs = [dir.join("a"), dir.join("b")];
@@ -386,9 +387,15 @@ fn a_change_watched_on_one_node_is_reloaded_on_every_node() {
     }
     let nodes = [
         node(&dir, 0, &dirs[0], &nats, &["--watch"]),
-        node(&dir, 1, &dirs[1], &nats, &[]),
+        node(&dir, 1, &dirs[1], &nats, second),
     ];
     wait_nodes(&nodes[1], 2, |n| n["modules"][0]["generation"] == 1);
+    (nats, sink, dirs, nodes)
+}
+
+#[test]
+fn a_change_watched_on_one_node_is_reloaded_on_every_node() {
+    let (_nats, sink, dirs, nodes) = watched_pair("cluster_watch", &[]);
 
     // The change lands on both machines; only node 0 watches, and it reloads them both.
     for d in &dirs {
@@ -568,18 +575,7 @@ fn nodes_without_room_leave_the_rest_in_the_stream_and_deliver_nothing_twice() {
 
 #[test]
 fn a_change_that_reaches_the_watching_nodes_at_different_times_is_reloaded_on_each() {
-    let dir = test_dir("cluster_watch_late");
-    let nats = Nats::start(&dir);
-    let sink = Sink::start();
-    let dirs = [dir.join("a"), dir.join("b")];
-    for d in &dirs {
-        module_at(d, &sink, "/v1");
-    }
-    let nodes = [
-        node(&dir, 0, &dirs[0], &nats, &["--watch"]),
-        node(&dir, 1, &dirs[1], &nats, &["--watch"]),
-    ];
-    wait_nodes(&nodes[1], 2, |n| n["modules"][0]["generation"] == 1);
+    let (_nats, sink, dirs, nodes) = watched_pair("cluster_watch_late", &["--watch"]);
     // The change reaches node 0's machine first: node 0 swaps, node 1 has nothing new yet.
     module_at(&dirs[0], &sink, "/v2");
     wait_nodes(&nodes[1], 2, |n| {
