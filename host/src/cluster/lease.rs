@@ -112,7 +112,7 @@ impl Cluster {
         within: Duration,
         lasting: Duration,
     ) -> Result<u64, String> {
-        let subject = format!("{}.leases.{}", self.opts.name, key(module));
+        let subject = self.reload_lock(module);
         // Each coordination holds it on its own, two on this node included.
         let holder = format!("{} {}", self.node(), orgloop_plugin_sdk::new_event_id());
         let deadline = tokio::time::Instant::now() + within;
@@ -133,10 +133,14 @@ impl Cluster {
         }
     }
 
+    /// The subject of `module`'s reload lock: one token short of its pollers' leases.
+    fn reload_lock(&self, module: &str) -> String {
+        format!("{}.leases.{}", self.opts.name, key(module))
+    }
+
     /// Gives up the reload lock of `module` taken with record `seq`.
     pub async fn unlock_reload(&self, module: &str, seq: u64) {
-        let subject = format!("{}.leases.{}", self.opts.name, key(module));
-        self.release_record(subject, seq).await;
+        self.release_record(self.reload_lock(module), seq).await;
     }
 
     /// Gives up this node's lease of `module`'s `source` (its record `seq`), if it still holds it.

@@ -236,13 +236,8 @@ impl DeadLetters {
 
     /// Those of `module` (all when `None`), oldest first.
     pub fn list(&self, module: Option<&str>) -> Vec<DeadLetter> {
-        let now = now_ms();
-        let mut all: Vec<DeadLetter> = self
-            .lock()
-            .values()
-            .filter(|k| k.listed(now) && module.is_none_or(|m| k.letter.module == m))
-            .map(|k| k.letter.clone())
-            .collect();
+        let mut all = Vec::new();
+        self.each_listed(module, |letter| all.push(letter.clone()));
         all.sort_by(|a, b| a.dead_at.cmp(&b.dead_at).then(a.id.cmp(&b.id)));
         all
     }
@@ -251,17 +246,30 @@ impl DeadLetters {
     /// under no actor, see [`count`](Self::count)).
     pub fn count_by_actor(&self, module: &str) -> BTreeMap<String, usize> {
         let mut counts = BTreeMap::new();
-        for letter in self.list(Some(module)) {
-            if let Some(actor) = letter.actor {
-                *counts.entry(actor).or_default() += 1;
+        self.each_listed(Some(module), |letter| {
+            if let Some(actor) = &letter.actor {
+                *counts.entry(actor.clone()).or_default() += 1;
             }
-        }
+        });
         counts
     }
 
     /// How many `module` holds.
     pub fn count(&self, module: &str) -> usize {
-        self.list(Some(module)).len()
+        let mut n = 0;
+        self.each_listed(Some(module), |_| n += 1);
+        n
+    }
+
+    /// Calls `f` with each listed letter of `module` (all when `None`), without copying them:
+    /// the counts are read at every `/metrics` scrape and `module status`.
+    fn each_listed(&self, module: Option<&str>, mut f: impl FnMut(&DeadLetter)) {
+        let now = now_ms();
+        for kept in self.lock().values() {
+            if kept.listed(now) && module.is_none_or(|m| kept.letter.module == m) {
+                f(&kept.letter);
+            }
+        }
     }
 }
 
