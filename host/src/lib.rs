@@ -24,6 +24,7 @@
 //! drains, and each module's own threads). The HTTP surface is in [`control`], with
 //! [`metrics`]; the command line in [`cli`]; the service manager's notifications in [`systemd`].
 
+pub mod allocator;
 pub mod cli;
 pub mod cluster;
 pub mod config;

@@ -5,6 +5,15 @@ use std::process::ExitCode;
 use clap::Parser;
 use orgloop::cli::{self, Cli, Command};
 
+/// See `orgloop::allocator` for why, and for the options it needs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Sets the allocator's options before the first allocation (an ELF constructor).
+#[used]
+#[unsafe(link_section = ".init_array")]
+static TUNE_ALLOCATOR: extern "C" fn() = orgloop::allocator::tune;
+
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Start(args) => cli::start::run(args),

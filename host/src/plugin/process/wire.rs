@@ -7,7 +7,7 @@
 //! sends about one object (a log line, an emitted event, then the reply) arrives in the order it
 //! was sent, which keeps an emitted event ahead of the ack of the delivery that emitted it.
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 
 use orgloop_plugin_sdk::{Event, Manifest, SymbolKind};
 use serde::{Deserialize, Serialize};
@@ -157,32 +157,57 @@ pub struct Polled {
 /// A message too long for one frame: refused by its sender, so that the other end never reads
 /// a frame it must refuse (which would cut the pipe, and with it every other call).
 #[derive(Debug)]
-pub struct TooLarge(pub usize);
+pub struct TooLarge;
 
 impl std::fmt::Display for TooLarge {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "a message of {} bytes is over the {} MiB limit of the plugin process's pipe",
-            self.0,
+            "a message over the {} MiB limit of the plugin process's pipe",
             MAX_FRAME >> 20
         )
     }
 }
 
-/// Appends `msg` as one frame to `out`; leaves `out` as it was when it is too long.
+/// Appends `msg` as one frame to `out`; leaves `out` as it was when it is too long. It stops
+/// writing at the limit, so an oversized message costs no more memory than the limit (a plugin
+/// process may run under a memory limit, and its answer is often its largest allocation).
 pub fn encode<T: Serialize>(msg: &T, out: &mut Vec<u8>) -> Result<(), TooLarge> {
     let start = out.len();
     out.extend_from_slice(&[0; 4]);
-    // Serializing these types cannot fail: every map key is a string.
-    serde_json::to_writer(&mut *out, msg).expect("a wire message serializes");
-    let len = out.len() - start - 4;
-    if len > MAX_FRAME {
+    let capped = Capped {
+        out: &mut *out,
+        room: MAX_FRAME,
+    };
+    // Serializing these types fails only at the limit: every map key is a string.
+    if serde_json::to_writer(capped, msg).is_err() {
         out.truncate(start);
-        return Err(TooLarge(len));
+        return Err(TooLarge);
     }
+    let len = out.len() - start - 4;
     out[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
     Ok(())
+}
+
+/// Appends to a buffer until `room` bytes are written, then refuses.
+struct Capped<'a> {
+    out: &'a mut Vec<u8>,
+    room: usize,
+}
+
+impl Write for Capped<'_> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.room = self
+            .room
+            .checked_sub(bytes.len())
+            .ok_or_else(|| io::Error::other(TooLarge.to_string()))?;
+        self.out.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Reads one frame; `None` at a clean end of the stream.
@@ -255,6 +280,10 @@ mod tests {
         let big = "x".repeat(MAX_FRAME);
         assert!(encode(&big, &mut buf).is_err());
         assert_eq!(buf, [1, 2, 3]);
+        // Two bytes of quotes leave room for exactly this much.
+        let fits = "x".repeat(MAX_FRAME - 2);
+        encode(&fits, &mut buf).unwrap();
+        assert_eq!(buf.len(), 3 + 4 + MAX_FRAME);
     }
 
     #[test]
