@@ -1,11 +1,12 @@
 //! The local store: an append-only log in segment files (`<data>/queue/<n>.seg`) with one writer
 //! thread and group commit.
 //!
-//! Producers hand records to the writer over a channel. The writer takes everything that arrived
-//! meanwhile, writes it with one `write` and makes it durable with one `fdatasync`, and only then
-//! tells each producer its entry is stored. So one sync covers a whole burst, and the order of the
-//! log is the order of the channel: a record sent after another is never durable before it (an
-//! actor's emitted event is stored before the acknowledgement of the delivery that emitted it).
+//! Producers hand records to the writer through its inbox (`inbox.rs`). The writer takes
+//! everything that arrived meanwhile, writes it with one `write` and makes it durable with one
+//! `fdatasync`, and only then tells each producer its entry is stored. So one sync covers a whole burst, and the
+//! order of the log is the order of the inbox: a record sent after another is never durable
+//! before it (an actor's emitted event is stored before the acknowledgement of the delivery that
+//! emitted it).
 //!
 //! Segments are written full of zeros before use ([`super::segment`]), which makes each sync
 //! cheaper; a segment's data ends at the first all-zero record header.
@@ -21,9 +22,10 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use super::inbox::Inbox;
 use super::record::{decode, encode, Put, Record, Unreadable, HEADER, MAGIC};
 use super::segment::{self, Spare};
 
@@ -69,7 +71,7 @@ pub struct Recovered {
 
 /// The writer's handle. Dropping it lets the writer finish what it was sent, then stop.
 pub struct Log {
-    tx: mpsc::Sender<Op>,
+    inbox: Arc<Inbox>,
     thread: Option<JoinHandle<()>>,
     failing: Failing,
 }
@@ -86,13 +88,14 @@ impl Log {
         let failing = writer.failing.clone();
         let recovered = writer.recovered()?;
         writer.start_segment()?;
-        let (tx, rx) = mpsc::channel();
+        let inbox = Arc::new(Inbox::default());
+        let writer_inbox = inbox.clone();
         let thread = std::thread::Builder::new()
             .name("orgloop-store".into())
-            .spawn(move || writer.run(rx))?;
+            .spawn(move || writer.run(&writer_inbox))?;
         Ok((
             Log {
-                tx,
+                inbox,
                 thread: Some(thread),
                 failing,
             },
@@ -110,7 +113,7 @@ impl Log {
 
     pub fn send(&self, op: Op) {
         // The writer is gone only once the log is dropped.
-        if let Err(mpsc::SendError(Op::Put { then, .. })) = self.tx.send(op) {
+        if let Err(Op::Put { then, .. }) = self.inbox.send(op) {
             then(Err(io::Error::other("the store is closed")));
         }
     }
@@ -118,9 +121,8 @@ impl Log {
 
 impl Drop for Log {
     fn drop(&mut self) {
-        // Closing the channel ends the writer after its last batch.
-        let (tx, _) = mpsc::channel();
-        drop(std::mem::replace(&mut self.tx, tx));
+        // Closing the inbox ends the writer after its last batch.
+        self.inbox.close();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -147,9 +149,6 @@ struct Live {
 
 /// Size of the head segment made without a spare (at start).
 const FIRST_SEGMENT: u64 = 1 << 20;
-
-/// Most records one batch takes, so that one sync never waits on an unbounded burst.
-const BATCH: usize = 4096;
 
 struct Writer {
     dir: PathBuf,
@@ -391,16 +390,10 @@ impl Writer {
         Ok(())
     }
 
-    fn run(mut self, rx: mpsc::Receiver<Op>) {
-        while let Ok(first) = rx.recv() {
-            let mut batch = vec![first];
-            while batch.len() < BATCH {
-                match rx.try_recv() {
-                    Ok(op) => batch.push(op),
-                    Err(_) => break,
-                }
-            }
-            self.commit(batch);
+    fn run(mut self, inbox: &Inbox) {
+        let mut batch = Vec::new();
+        while inbox.take(&mut batch) {
+            self.commit(batch.drain(..));
             if let Err(e) = self.maintain() {
                 tracing::error!(
                     "store: compaction failed (it is tried again after the next write): {e}"
@@ -413,7 +406,7 @@ impl Writer {
     }
 
     /// Writes one batch with one write and at most one sync, then tells the producers.
-    fn commit(&mut self, batch: Vec<Op>) {
+    fn commit(&mut self, batch: impl Iterator<Item = Op>) {
         let mut buf = Vec::new();
         let mut puts = Vec::new();
         let mut syncs = Vec::new();
@@ -605,7 +598,7 @@ fn describe(why: &Unreadable) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
+    use std::sync::{mpsc, Arc, Mutex};
 
     fn put_record(seq: u64, module: &str) -> Vec<u8> {
         let mut buf = Vec::new();

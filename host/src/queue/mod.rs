@@ -16,6 +16,7 @@
 //! [`dead`] holds the dead letters; [`record`] is the log's format.
 
 pub mod dead;
+mod inbox;
 pub mod log;
 pub mod record;
 pub mod segment;
