@@ -5,11 +5,10 @@
 //! be (the module's queue is full, the disk fails).
 
 use axum::body::Body;
-use axum::extract::{Path, State};
-use axum::http::header::RETRY_AFTER;
+use axum::extract::{Path, Request, State};
+use axum::http::header::{CONTENT_TYPE, RETRY_AFTER};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use hmac::{Hmac, Mac};
 use http_body_util::{BodyExt, Limited};
 use orgloop_plugin_sdk::{format_timestamp, new_event_id, new_trace_id, Doc, Event, Part};
@@ -26,11 +25,15 @@ use crate::queue::Refused;
 pub async fn receive(
     State(app): State<AppState>,
     Path(source): Path<String>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
+    // The request taken whole: axum's `HeaderMap` extractor would copy the headers.
+    let (parts, body) = request.into_parts();
     let (response, source) = match app.registry.webhook(&source) {
-        Some(target) => (answer(&app, &source, target, headers, body).await, source),
+        Some(target) => (
+            answer(&app, &source, &target, &parts.headers, body).await,
+            source,
+        ),
         // Anyone can post to any path: unknown sources share one label, so that their number
         // stays bounded.
         None => (
@@ -49,8 +52,8 @@ pub async fn receive(
 async fn answer(
     app: &AppState,
     source: &str,
-    target: WebhookTarget,
-    headers: HeaderMap,
+    target: &WebhookTarget,
+    headers: &HeaderMap,
     body: Body,
 ) -> Response {
     let read = Limited::new(body, target.config.max_body_bytes).collect();
@@ -71,7 +74,7 @@ async fn answer(
         Err(e) => return error_response(StatusCode::BAD_REQUEST, format!("cannot read body: {e}")),
     };
     if let Some(secret) = &target.config.secret {
-        if let Err(why) = check_signature(secret, &headers, &body) {
+        if let Err(why) = check_signature(secret, headers, &body) {
             return error_response(StatusCode::UNAUTHORIZED, why);
         }
     }
@@ -82,7 +85,8 @@ async fn answer(
         }
     };
     let event = build_event(source, &target.config, &payload);
-    let id = event.id().to_owned();
+    // Written out: an event id is letters, digits and `_`, nothing JSON escapes.
+    let answer = format!(r#"{{"ok":true,"event_id":"{}"}}"#, event.id());
     let stored = match target.module.accept(event, Some(&target.stats)) {
         Ok(stored) => stored.wait().await,
         Err(e) => Err(e),
@@ -90,7 +94,8 @@ async fn answer(
     match stored {
         Ok(()) => (
             StatusCode::ACCEPTED,
-            Json(json!({"ok": true, "event_id": id})),
+            [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            answer,
         )
             .into_response(),
         Err(e) => unavailable(&e),

@@ -53,7 +53,8 @@ impl std::fmt::Display for LoadError {
 /// All modules of the daemon.
 pub struct Registry {
     modules: Mutex<BTreeMap<String, Arc<Module>>>,
-    webhooks: ArcSwap<HashMap<String, WebhookTarget>>,
+    /// Shared, so that a webhook looks its target up with one reference count.
+    webhooks: ArcSwap<HashMap<String, Arc<WebhookTarget>>>,
     loader: Loader,
     http: HttpClient,
     /// Where every module's events are stored before they are routed.
@@ -104,7 +105,7 @@ impl Registry {
     }
 
     /// The webhook source with this id, in any module.
-    pub fn webhook(&self, source: &str) -> Option<WebhookTarget> {
+    pub fn webhook(&self, source: &str) -> Option<Arc<WebhookTarget>> {
         self.webhooks.load().get(source).cloned()
     }
 
@@ -355,11 +356,11 @@ impl Registry {
             let Some(g) = m.current() else { continue };
             for s in &g.spec.sources {
                 if let SourceKind::Webhook(config) = &s.kind {
-                    let target = WebhookTarget {
+                    let target = Arc::new(WebhookTarget {
                         module: m.clone(),
                         config: config.clone(),
                         stats: m.source_stats(&s.id),
-                    };
+                    });
                     index.insert(s.id.clone(), target);
                 }
             }

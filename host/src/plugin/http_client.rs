@@ -8,6 +8,7 @@
 //! short stall into a 100 ms latency spike.) A request beyond the limit waits for a free
 //! connection, within its own timeout.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -68,15 +69,18 @@ impl HttpClient {
     }
 
     /// Sends `req` and reads the whole response, within `req.timeout`.
-    pub async fn send(&self, req: HttpRequest) -> Result<HttpResponse, String> {
+    pub async fn send(&self, mut req: HttpRequest) -> Result<HttpResponse, String> {
         let timeout = req.timeout;
-        let what = format!("{} {}", req.method, req.url);
-        tokio::time::timeout(timeout, self.exchange(req))
-            .await
-            .unwrap_or_else(|_| Err(format!("{what}: timed out after {timeout:?}")))
+        match tokio::time::timeout(timeout, self.exchange(&mut req)).await {
+            Ok(answer) => answer,
+            Err(_) => Err(format!(
+                "{} {}: timed out after {timeout:?}",
+                req.method, req.url
+            )),
+        }
     }
 
-    async fn exchange(&self, mut req: HttpRequest) -> Result<HttpResponse, String> {
+    async fn exchange(&self, req: &mut HttpRequest) -> Result<HttpResponse, String> {
         let uri: hyper::Uri = req
             .url
             .parse()
@@ -99,9 +103,9 @@ impl HttpClient {
         let authority = uri
             .authority()
             .ok_or_else(|| format!("URL {:?} has no host", req.url))?;
-        let address = match authority.port_u16() {
-            Some(_) => authority.as_str().to_owned(),
-            None => format!("{}:80", authority.host()),
+        let address: Cow<str> = match authority.port_u16() {
+            Some(_) => authority.as_str().into(),
+            None => format!("{}:80", authority.host()).into(),
         };
         let body = Bytes::from(std::mem::take(&mut req.body));
         let host = self.host(&address);
@@ -111,7 +115,7 @@ impl HttpClient {
             .await
             .map_err(|e| format!("the HTTP client is closed: {e}"))?;
         let (mut conn, reused) = host.checkout(&address).await?;
-        let mut sent = conn.send_request(build(&req, &uri, body.clone())?).await;
+        let mut sent = conn.send_request(build(req, &uri, body.clone())?).await;
         // A reused connection the server closed meanwhile fails before the request is
         // written: sent again, once, on a new one (the target cannot have seen it).
         if reused
@@ -120,7 +124,7 @@ impl HttpClient {
                 .is_err_and(|e| e.is_canceled() || e.is_closed())
         {
             conn = connect(&address).await?;
-            sent = conn.send_request(build(&req, &uri, body)?).await;
+            sent = conn.send_request(build(req, &uri, body)?).await;
         }
         let response = sent.map_err(|e| error_chain(&e))?; // the caller names the request
         let (parts, body) = response.into_parts();
