@@ -387,8 +387,14 @@ fn connections_beyond_the_cap_get_503_and_the_admitted_ones_are_served() {
     let refused = read_to_close(&mut extra);
     assert_contains(&refused, "HTTP/1.1 503");
     assert_contains(&refused, "retry-after: 1");
-    // The harness's own (admitted) connection goes on working.
-    assert_eq!(daemon.post("in", &json!({"n": 2})).status, 202);
+    // The admitted connections go on working, for webhooks too. (On one of the held ones: the
+    // harness's pooled client may open a new connection on a busy machine, which the full cap
+    // would refuse.)
+    held[1]
+        .write_all(b"POST /webhook/in HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 7\r\n\r\n{\"n\":2}")
+        .unwrap();
+    std::io::Read::read_exact(&mut held[1], &mut answer).unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 202");
     held.clear();
     // Room again once they are gone.
     let deadline = std::time::Instant::now() + WAIT;

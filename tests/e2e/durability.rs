@@ -430,6 +430,49 @@ fn an_interrupted_session_can_go_to_the_dead_letters_instead_of_running_twice() 
     assert!(!daemon.log().contains("session ses_"), "{}", daemon.log());
 }
 
+/// The end of a failed attempt is stored too, though nothing waits for it: a crash during the
+/// retry wait of an actor with `interrupted: dead_letter` interrupted no attempt, so the event
+/// is retried after the restart, not dead-lettered.
+#[test]
+fn a_crash_while_a_delivery_waits_for_its_retry_interrupts_nothing() {
+    let dir = test_dir("durable_crash_in_backoff");
+    let sink = Sink::start();
+    let module = dir.join("m");
+    let careful = format!(
+        "  - {{id: careful, connector: http::webhook, config: {{url: \"{}\"}}, interrupted: dead_letter, retry: {{initial: 60s, max: 60s}}}}\n",
+        sink.url("/careful")
+    );
+    let route = "  - name: carefully\n    when: {source: in, events: [resource.changed]}\n    then: {actor: careful}\n";
+    write_module(&module, "m", &sink, "", (&careful, route));
+    let env = base_env(&dir.join("home"));
+    let daemon = Daemon::start(&[&module], &env);
+    sink.respond_with(503);
+    post_all(&daemon, [1]);
+    daemon.wait_status("m", "the careful actor's first attempt to fail", |st| {
+        st["actors"]["careful"]["failing"] == true
+    });
+    // Nothing else happens meanwhile that would carry the end of the attempt to the disk with
+    // it; the store writes it by itself within milliseconds.
+    std::thread::sleep(Duration::from_millis(500));
+    daemon.kill();
+
+    sink.respond_with(200);
+    let daemon = Daemon::start(&[&module], &env);
+    let arrived = || {
+        sink.received()
+            .iter()
+            .filter(|r| r.path == "/careful" && r.body["event"]["payload"]["n"] == 1)
+            .count()
+    };
+    let deadline = Instant::now() + WAIT;
+    while arrived() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The failed attempt before the crash, and the retry after it.
+    assert_eq!(arrived(), 2, "{}", daemon.log());
+    assert_eq!(dead_letters(&daemon), Vec::<Value>::new());
+}
+
 #[test]
 fn an_unload_puts_what_waits_in_the_dead_letters_for_a_later_replay() {
     let s = setup("durable_unload");

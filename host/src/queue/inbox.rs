@@ -54,13 +54,24 @@ impl Inbox {
         }
         let urgent = op.is_urgent();
         st.ops.push(op);
-        if urgent {
-            st.urgent = true;
-            if st.sleeping {
-                self.wake.notify_one();
-            }
+        st.urgent |= urgent;
+        // The first op of an empty inbox also wakes the writer, which then waits at most
+        // `LAZY_FOR` for something urgent instead of waiting for it without end.
+        if st.sleeping && (urgent || st.ops.len() == 1) {
+            self.wake.notify_one();
         }
         Ok(())
+    }
+
+    /// The writer is gone (it panicked): nothing sent is written any more. Whoever waits for
+    /// an op is told so when it drops, and what is sent later is handed back.
+    pub fn abandon(&self) {
+        let ops = {
+            let mut st = self.state();
+            st.closed = true;
+            std::mem::take(&mut st.ops)
+        };
+        drop(ops);
     }
 
     /// No more ops: the writer takes what is left, then stops.
@@ -94,7 +105,8 @@ impl Inbox {
             std::mem::swap(&mut st.ops, batch);
             st.urgent = false;
         } else {
-            // The rest stays urgent: the writer comes straight back for it.
+            // The writer comes straight back for the rest if it is urgent, else within
+            // `LAZY_FOR`.
             batch.extend(st.ops.drain(..BATCH));
         }
         !(batch.is_empty() && st.closed)
@@ -140,6 +152,43 @@ mod tests {
             batch.extend(rest);
         }
         assert_eq!(seqs(&batch), [1, 2, u64::MAX]);
+    }
+
+    #[test]
+    fn a_mark_sent_to_a_sleeping_writer_is_taken_without_anything_urgent() {
+        let inbox = Arc::new(Inbox::default());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let writer = inbox.clone();
+        std::thread::spawn(move || {
+            let mut batch = Vec::new();
+            writer.take(&mut batch);
+            tx.send(seqs(&batch)).unwrap();
+        });
+        // Until the writer sleeps on an empty inbox.
+        while !inbox.state().sleeping {
+            std::thread::yield_now();
+        }
+        inbox.send(done(3)).ok().unwrap();
+        let taken = rx.recv_timeout(Duration::from_secs(10));
+        assert_eq!(
+            taken,
+            Ok(vec![3]),
+            "the writer slept on with a mark waiting"
+        );
+    }
+
+    #[test]
+    fn an_abandoned_inbox_drops_what_it_holds_and_refuses_more() {
+        let inbox = Inbox::default();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        inbox
+            .send(Op::Sync(Box::new(move || drop(tx))))
+            .ok()
+            .unwrap();
+        inbox.abandon();
+        // The sync's closure was dropped, not run: its waiter learns it will never come.
+        assert!(rx.recv().is_err());
+        assert!(inbox.send(done(1)).is_err());
     }
 
     #[test]

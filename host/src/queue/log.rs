@@ -129,6 +129,18 @@ impl Drop for Log {
     }
 }
 
+/// Abandons the inbox when the writer panics, so that producers are refused instead of
+/// waiting for a writer that is gone.
+struct AbandonOnPanic<'a>(&'a Inbox);
+
+impl Drop for AbandonOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.abandon();
+        }
+    }
+}
+
 /// A segment's bookkeeping.
 #[derive(Default)]
 struct Segment {
@@ -391,6 +403,7 @@ impl Writer {
     }
 
     fn run(mut self, inbox: &Inbox) {
+        let _abandon = AbandonOnPanic(inbox);
         let mut batch = Vec::new();
         while inbox.take(&mut batch) {
             self.commit(batch.drain(..));

@@ -170,8 +170,9 @@ impl std::fmt::Display for TooLarge {
 }
 
 /// Appends `msg` as one frame to `out`; leaves `out` as it was when it is too long. It stops
-/// writing at the limit, so an oversized message costs no more memory than the limit (a plugin
-/// process may run under a memory limit, and its answer is often its largest allocation).
+/// writing at the limit, so the buffer of an oversized message stays within the limit (twice it
+/// at most, as the buffer grows) instead of the message's size: a plugin process may run under
+/// a memory limit, and its answer is often its largest allocation.
 pub fn encode<T: Serialize>(msg: &T, out: &mut Vec<u8>) -> Result<(), TooLarge> {
     let start = out.len();
     out.extend_from_slice(&[0; 4]);
