@@ -349,10 +349,13 @@ impl Registry {
         })
     }
 
-    /// Rebuilds the webhook index from the modules' current generations.
+    /// Rebuilds the webhook index from the modules' current generations. Under the modules lock
+    /// from reading to storing: two modules swapped at once each rebuild, and a rebuild that read
+    /// the older state must not store last.
     pub(super) fn rebuild_webhooks(&self) {
+        let modules = self.lock();
         let mut index = HashMap::new();
-        for m in self.modules() {
+        for m in modules.values() {
             let Some(g) = m.current() else { continue };
             for s in &g.spec.sources {
                 if let SourceKind::Webhook(config) = &s.kind {
