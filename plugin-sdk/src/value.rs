@@ -99,26 +99,23 @@ impl Doc {
     /// conversion), which is how the daemon wraps a parsed webhook body into an event.
     #[doc(hidden)]
     pub fn object(entries: &[(&str, Part<'_>)]) -> Doc {
-        let mut b = Builder::default();
-        let at = b.open(OBJECT);
-        for (k, v) in entries {
-            b.string(k);
-            match v {
-                Part::Str(s) => b.string(s),
-                Part::Json(j) => b.push_json(j),
-                Part::Doc(d) => b.embed(d),
-            }
-        }
-        b.close(at, entries.len());
+        let (nodes, text) = Part::size(entries);
+        let mut b = Builder {
+            nodes: Vec::with_capacity(nodes),
+            text: String::with_capacity(text),
+        };
+        b.object(entries);
         b.finish()
     }
 
     /// Parses JSON text straight into a `Doc`, without an intermediate `serde_json::Value`.
     pub fn parse(text: &[u8]) -> Result<Doc, serde_json::Error> {
         let mut de = serde_json::Deserializer::from_slice(text);
-        let doc = Doc::deserialize(&mut de)?;
+        // The strings of a document are never longer than its text: one allocation, no growth.
+        let mut b = Builder::with_text_capacity(text.len());
+        (&mut b).deserialize(&mut de)?;
         de.end()?;
-        Ok(doc)
+        Ok(b.finish())
     }
 
     /// The root value.
@@ -161,8 +158,23 @@ impl fmt::Debug for Doc {
 #[doc(hidden)]
 pub enum Part<'a> {
     Str(&'a str),
-    Json(&'a Json),
     Doc(&'a Doc),
+    /// A nested object, built in place (no `serde_json::Value` on the way).
+    Object(&'a [(&'a str, Part<'a>)]),
+}
+
+impl Part<'_> {
+    /// The nodes and text bytes of an object of `entries`, to allocate its buffers once.
+    fn size(entries: &[(&str, Part<'_>)]) -> (usize, usize) {
+        entries.iter().fold((1, 0), |(nodes, text), (k, v)| {
+            let (n, t) = match v {
+                Part::Str(s) => (1, s.len()),
+                Part::Doc(d) => (d.nodes.len(), d.text.len()),
+                Part::Object(inner) => Part::size(inner),
+            };
+            (nodes + 1 + n, text + k.len() + t)
+        })
+    }
 }
 
 /// A borrowed view of one value inside a [`Doc`]: read it with `as_str`, `as_i64`, `get`,
@@ -448,6 +460,15 @@ struct Builder {
 }
 
 impl Builder {
+    /// A builder for a document from `len` bytes of JSON text, sized so that it rarely grows:
+    /// its strings fit in `len` bytes, and its nodes average about one per 8 bytes of JSON.
+    fn with_text_capacity(len: usize) -> Builder {
+        Builder {
+            nodes: Vec::with_capacity((len / 8).clamp(4, 4096)),
+            text: String::with_capacity(len),
+        }
+    }
+
     fn finish(self) -> Doc {
         Doc {
             nodes: RVec::from(self.nodes),
@@ -491,6 +512,20 @@ impl Builder {
         let node = &mut self.nodes[at];
         node.len = len as u32;
         node.span = span as u32;
+    }
+
+    /// Appends an object of `entries`, in order.
+    fn object(&mut self, entries: &[(&str, Part<'_>)]) {
+        let at = self.open(OBJECT);
+        for (k, v) in entries {
+            self.string(k);
+            match v {
+                Part::Str(s) => self.string(s),
+                Part::Doc(d) => self.embed(d),
+                Part::Object(inner) => self.object(inner),
+            }
+        }
+        self.close(at, entries.len());
     }
 
     /// Appends a whole document as one value: its nodes, with string offsets moved past the text
@@ -551,8 +586,20 @@ struct Key<'b>(&'b mut Builder);
 impl<'de> DeserializeSeed<'de> for Key<'_> {
     type Value = ();
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        let key = std::borrow::Cow::<'de, str>::deserialize(d)?;
-        self.0.string(&key);
+        // Visited rather than deserialized into a `Cow<str>`, which serde always makes owned:
+        // that was one allocation per key of every webhook body.
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Key<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string key")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        self.0.string(v);
         Ok(())
     }
 }
@@ -669,13 +716,16 @@ mod tests {
         let inner = Doc::parse(br#"{"a": "x", "b": [1, "y"]}"#).unwrap();
         let outer = Doc::object(&[
             ("s", Part::Str("t")),
-            ("j", Part::Json(&json!({"k": 2}))),
+            ("o", Part::Object(&[("k", Part::Str("v"))])),
             ("d", Part::Doc(&inner)),
         ]);
         assert_eq!(
             outer.to_json(),
-            json!({"s": "t", "j": {"k": 2}, "d": {"a": "x", "b": [1, "y"]}})
+            json!({"s": "t", "o": {"k": "v"}, "d": {"a": "x", "b": [1, "y"]}})
         );
+        // Sized exactly up front.
+        assert_eq!(outer.nodes.capacity(), outer.nodes.len());
+        assert_eq!(outer.text.capacity(), outer.text.len());
         assert_eq!(
             outer.root().path("d.b.1").and_then(|v| v.as_str()),
             Some("y")

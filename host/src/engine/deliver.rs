@@ -17,11 +17,13 @@
 //!   shutdown the delivery stays stored for the next start. For such an actor each attempt's
 //!   start is stored first, so that an attempt a crash cut short is dead-lettered too.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use abi_stable::sabi_trait::TD_Opaque;
 use async_ffi::{FfiFuture, FutureExt};
+use futures_util::FutureExt as _;
 use orgloop_plugin_sdk::abi::{CancelBox, CancelSignal, CancelSignal_TO};
 use orgloop_plugin_sdk::{format_timestamp, Event, Outcome};
 use tokio::sync::OwnedSemaphorePermit;
@@ -161,7 +163,7 @@ async fn run(module: Arc<Module>, job: Job) {
         p.attempts += 1;
         let result = {
             let _inflight = Count::new(&stats.inflight);
-            attempt(&module, &g, i, &job, &key, p.attempts).await
+            attempt(&g, i, &job, &key, p.attempts).await
         };
         drop(permit);
         let failure = match result {
@@ -222,19 +224,12 @@ async fn run(module: Arc<Module>, job: Job) {
     }
 }
 
-/// Runs one attempt on `g`'s tracker (on the module's threads), so that `g`'s drain waits for it.
-async fn attempt(
-    module: &Module,
-    g: &Arc<Generation>,
-    i: usize,
-    job: &Job,
-    key: &str,
-    n: u32,
-) -> Attempted {
-    let g = g.clone();
-    let (event, key) = (job.event.clone(), key.to_owned());
-    let tracker = g.inflight.clone();
-    let task = tracker.spawn_on(async move {
+/// Runs one attempt tracked by `g`'s tracker, so that `g`'s drain waits for it. Inside the
+/// delivery's own task (on the module's threads): a task of its own per attempt cost a spawn, a
+/// wake-up and a copy of the event for every delivery.
+async fn attempt(g: &Arc<Generation>, i: usize, job: &Job, key: &str, n: u32) -> Attempted {
+    let event = &job.event;
+    let run = async move {
         let route = &g.routes[i];
         let Some(actor) = g.actors.get(&route.spec.actor) else {
             return Attempted::Interrupted("the actor is gone".into());
@@ -245,7 +240,7 @@ async fn attempt(
             attempt: Some(n),
             ..Default::default()
         };
-        let config = interpolate(&route.spec.config, &event);
+        let config = interpolate(&route.spec.config, event);
         let prompt = match &route.spec.prompt_file {
             // Under `kill` too: a hung read (a FIFO, a stalled network file system) must not hold
             // the drain, and with it every later reload of the module.
@@ -255,7 +250,7 @@ async fn attempt(
             },
             None => None,
         };
-        g.loggers.log(Phase::DeliverAttempt, &event, detail);
+        g.loggers.log(Phase::DeliverAttempt, event, detail);
         let request = DeliveryRequest {
             event: event.clone(),
             config_json: serde_json::Value::Object(config).to_string(),
@@ -266,7 +261,7 @@ async fn attempt(
                 .as_ref()
                 .map(|p| p.display().to_string()),
             route: route.spec.name.clone(),
-            idempotency_key: key,
+            idempotency_key: key.to_owned(),
             attempt: n,
         };
         let started = Instant::now();
@@ -281,7 +276,9 @@ async fn attempt(
         let attempted = match result {
             Ok(Outcome::Delivered) => Attempted::Delivered,
             Ok(Outcome::Rejected(why)) => Attempted::Rejected(why),
-            Err(f) if g.cancel.is_cancelled() => Attempted::Interrupted(format!("cancelled: {}", f.message)),
+            Err(f) if g.cancel.is_cancelled() => {
+                Attempted::Interrupted(format!("cancelled: {}", f.message))
+            }
             Err(f) => Attempted::Failed(f),
         };
         let counters = &actor.counters;
@@ -300,19 +297,34 @@ async fn attempt(
             Attempted::Delivered => (Phase::DeliverSuccess, "delivered", None),
             Attempted::Rejected(why) => (Phase::DeliverFailure, "rejected", Some(why.as_str())),
             Attempted::Failed(f) => (Phase::DeliverFailure, "error", Some(f.message.as_str())),
-            Attempted::Interrupted(why) => (Phase::DeliverFailure, "interrupted", Some(why.as_str())),
+            Attempted::Interrupted(why) => {
+                (Phase::DeliverFailure, "interrupted", Some(why.as_str()))
+            }
         };
         if let Some(error) = error {
             let (module, route, actor) = (&g.module, &route.spec.name, &route.spec.actor);
             tracing::warn!(module = %module, route = %route, actor = %actor, event = %event.id(), attempt = n, "delivery failed ({result}): {error}");
         }
-        g.loggers.log(phase, &event, Detail { result: Some(result), error, duration_ms, ..detail });
+        g.loggers.log(
+            phase,
+            event,
+            Detail {
+                result: Some(result),
+                error,
+                duration_ms,
+                ..detail
+            },
+        );
         attempted
-    }, module.executor.handle());
+    };
     // A panic of the host's own code: a failure like any other (retried with backoff), so that
     // a deterministic one cannot loop at full speed.
-    task.await
-        .unwrap_or_else(|e| Attempted::Failed(Failure::new(format!("the attempt ended: {e}"))))
+    g.inflight
+        .track_future(AssertUnwindSafe(run).catch_unwind())
+        .await
+        .unwrap_or_else(|_| {
+            Attempted::Failed(Failure::new("the attempt panicked (a bug of the daemon)"))
+        })
 }
 
 fn log_retry(g: &Generation, job: &Job, actor: &str, p: &Progress, wait: Duration) {
@@ -419,7 +431,9 @@ async fn store_dead(
 /// `<event id>:<route>`, with every byte outside visible ASCII of the route percent-encoded, so
 /// that it is a valid header value.
 pub fn idempotency_key(event_id: &str, route: &str) -> String {
-    let mut key = format!("{event_id}:");
+    let mut key = String::with_capacity(event_id.len() + 1 + route.len());
+    key.push_str(event_id);
+    key.push(':');
     for b in route.bytes() {
         if b.is_ascii_graphic() && b != b'%' {
             key.push(b as char);

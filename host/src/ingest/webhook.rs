@@ -12,7 +12,6 @@ use axum::response::{IntoResponse, Response};
 use hmac::{Hmac, Mac};
 use http_body_util::{BodyExt, Limited};
 use orgloop_plugin_sdk::{format_timestamp, new_event_id, new_trace_id, Doc, Event, Part};
-use serde_json::json;
 use sha2::Sha256;
 
 use crate::config::spec::WebhookConfig;
@@ -128,7 +127,6 @@ fn build_event(source: &str, config: &WebhookConfig, payload: &Doc) -> Event {
         .and_then(|f| payload.root().get(f))
         .and_then(|v| v.as_str())
         .unwrap_or("unknown");
-    let provenance = json!({"platform": "webhook", "platform_event": platform_event});
     let (id, trace_id) = (new_event_id(), new_trace_id());
     let timestamp = format_timestamp(std::time::SystemTime::now());
     Event::from_doc_unchecked(Doc::object(&[
@@ -137,7 +135,13 @@ fn build_event(source: &str, config: &WebhookConfig, payload: &Doc) -> Event {
         ("id", Part::Str(&id)),
         ("trace_id", Part::Str(&trace_id)),
         ("timestamp", Part::Str(&timestamp)),
-        ("provenance", Part::Json(&provenance)),
+        (
+            "provenance",
+            Part::Object(&[
+                ("platform", Part::Str("webhook")),
+                ("platform_event", Part::Str(platform_event)),
+            ]),
+        ),
         ("payload", Part::Doc(payload)),
     ]))
 }
@@ -170,6 +174,7 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn signed(secret: &str, body: &[u8]) -> HeaderMap {
         let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();

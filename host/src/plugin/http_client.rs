@@ -13,11 +13,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use abi_stable::std_types::Tuple2;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::SendRequest;
+use hyper::header::HOST;
 use hyper_util::rt::TokioIo;
-use orgloop_plugin_sdk::{HttpRequest, HttpResponse};
+use orgloop_plugin_sdk::abi::FfiHttpRequest;
+use orgloop_plugin_sdk::HttpResponse;
 use tokio::sync::Semaphore;
 
 /// Responses larger than this are refused.
@@ -58,7 +61,7 @@ impl HttpClient {
     /// Starts [`send`](Self::send) as a task on the client's runtime.
     pub fn spawn_send(
         &self,
-        req: HttpRequest,
+        req: Prepared,
     ) -> tokio::task::JoinHandle<Result<HttpResponse, String>> {
         let client = self.clone();
         let send = async move { client.send(req).await };
@@ -69,45 +72,22 @@ impl HttpClient {
     }
 
     /// Sends `req` and reads the whole response, within `req.timeout`.
-    pub async fn send(&self, mut req: HttpRequest) -> Result<HttpResponse, String> {
-        let timeout = req.timeout;
-        match tokio::time::timeout(timeout, self.exchange(&mut req)).await {
+    pub async fn send(&self, req: Prepared) -> Result<HttpResponse, String> {
+        let (timeout, method, url) = (req.timeout, req.head.method.clone(), req.url.clone());
+        match tokio::time::timeout(timeout, self.exchange(req)).await {
             Ok(answer) => answer,
-            Err(_) => Err(format!(
-                "{} {}: timed out after {timeout:?}",
-                req.method, req.url
-            )),
+            Err(_) => Err(format!("{method} {url}: timed out after {timeout:?}")),
         }
     }
 
-    async fn exchange(&self, req: &mut HttpRequest) -> Result<HttpResponse, String> {
-        let uri: hyper::Uri = req
-            .url
-            .parse()
-            .map_err(|e| format!("invalid URL {:?}: {e}", req.url))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some(other) => {
-                return Err(format!(
-                    "{other}:// URLs are not supported (only http://): {}",
-                    req.url
-                ))
-            }
-            None => {
-                return Err(format!(
-                    "URL {:?} has no scheme; expected http://...",
-                    req.url
-                ))
-            }
-        }
-        let authority = uri
-            .authority()
-            .ok_or_else(|| format!("URL {:?} has no host", req.url))?;
+    async fn exchange(&self, req: Prepared) -> Result<HttpResponse, String> {
+        let Some(authority) = req.url.authority() else {
+            return Err(format!("URL {} has no host", req.url)); // checked by `from_wire`
+        };
         let address: Cow<str> = match authority.port_u16() {
             Some(_) => authority.as_str().into(),
             None => format!("{}:80", authority.host()).into(),
         };
-        let body = Bytes::from(std::mem::take(&mut req.body));
         let host = self.host(&address);
         let _slot = host
             .slots
@@ -115,18 +95,23 @@ impl HttpClient {
             .await
             .map_err(|e| format!("the HTTP client is closed: {e}"))?;
         let (mut conn, reused) = host.checkout(&address).await?;
-        let mut sent = conn.send_request(build(req, &uri, body.clone())?).await;
-        // A reused connection the server closed meanwhile fails before the request is
-        // written: sent again, once, on a new one (the target cannot have seen it).
-        if reused
-            && sent
-                .as_ref()
-                .is_err_and(|e| e.is_canceled() || e.is_closed())
-        {
-            conn = connect(&address).await?;
-            sent = conn.send_request(build(req, &uri, body)?).await;
-        }
-        let response = sent.map_err(|e| error_chain(&e))?; // the caller names the request
+        let request = hyper::Request::from_parts(req.head, Full::new(req.body));
+        let response = match conn.try_send_request(request).await {
+            Ok(response) => response,
+            // A reused connection the server closed meanwhile fails before the request is
+            // written, and hands it back: sent again, once, on a new one (the target cannot
+            // have seen it).
+            Err(mut e) if reused => match e.take_message() {
+                Some(request) => {
+                    conn = connect(&address).await?;
+                    conn.send_request(request)
+                        .await
+                        .map_err(|e| error_chain(&e))?
+                }
+                None => return Err(error_chain(e.error())),
+            },
+            Err(e) => return Err(error_chain(e.error())), // the caller names the request
+        };
         let (parts, body) = response.into_parts();
         let body = Limited::new(body, MAX_RESPONSE_BYTES)
             .collect()
@@ -146,21 +131,77 @@ impl HttpClient {
         Ok(HttpResponse {
             status: parts.status.as_u16(),
             headers,
-            body: body.to_bytes().to_vec(),
+            body: body.to_bytes().into(),
         })
     }
 
     fn host(&self, address: &str) -> Arc<Host> {
         let mut hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
-        hosts
-            .entry(address.to_owned())
-            .or_insert_with(|| {
-                Arc::new(Host {
-                    idle: Mutex::default(),
-                    slots: Semaphore::new(MAX_PER_HOST),
-                })
-            })
-            .clone()
+        if let Some(host) = hosts.get(address) {
+            return host.clone();
+        }
+        let host = Arc::new(Host {
+            idle: Mutex::default(),
+            slots: Semaphore::new(MAX_PER_HOST),
+        });
+        hosts.insert(address.to_owned(), host.clone());
+        host
+    }
+}
+
+/// A plugin's request as it goes on the wire: checked, and copied out of the plugin's memory,
+/// once (and only once: it is parsed straight from the plugin's buffers).
+pub struct Prepared {
+    /// Method, the URI as sent (path and query only) and the headers, `Host` included.
+    head: hyper::http::request::Parts,
+    /// The whole URL: where to connect, and what messages name.
+    url: hyper::Uri,
+    body: Bytes,
+    timeout: Duration,
+}
+
+impl Prepared {
+    /// Checks and copies `r`: an absolute `http://` URL, a valid method and valid headers.
+    pub fn from_wire(r: &FfiHttpRequest) -> Result<Prepared, String> {
+        let url = r.url.as_str();
+        let uri: hyper::Uri = url
+            .parse()
+            .map_err(|e| format!("invalid URL {url:?}: {e}"))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some(other) => {
+                return Err(format!(
+                    "{other}:// URLs are not supported (only http://): {url}"
+                ))
+            }
+            None => return Err(format!("URL {url:?} has no scheme; expected http://...")),
+        }
+        let authority = uri
+            .authority()
+            .ok_or_else(|| format!("URL {url:?} has no host"))?;
+        let mut builder = hyper::Request::builder()
+            .method(r.method.as_str())
+            .uri(uri.path_and_query().map_or("/", |p| p.as_str()));
+        if !r
+            .headers
+            .iter()
+            .any(|Tuple2(k, _)| k.as_str().eq_ignore_ascii_case("host"))
+        {
+            builder = builder.header(HOST, authority.as_str());
+        }
+        for Tuple2(k, v) in r.headers.iter() {
+            builder = builder.header(k.as_str(), v.as_str());
+        }
+        let (head, ()) = builder
+            .body(())
+            .map_err(|e| format!("invalid request: {e}"))?
+            .into_parts();
+        Ok(Prepared {
+            head,
+            url: uri,
+            body: Bytes::copy_from_slice(&r.body),
+            timeout: Duration::from_millis(r.timeout_ms),
+        })
     }
 }
 
@@ -195,32 +236,6 @@ impl Host {
         idle.retain(|(c, since)| !c.is_closed() && since.elapsed() < IDLE_FOR);
         idle.push((conn, Instant::now()));
     }
-}
-
-/// `req` as sent on a connection of its own: the URI is the path, the host goes in `Host`.
-fn build(
-    req: &HttpRequest,
-    uri: &hyper::Uri,
-    body: Bytes,
-) -> Result<hyper::Request<Full<Bytes>>, String> {
-    let mut builder = hyper::Request::builder()
-        .method(req.method.as_str())
-        .uri(uri.path_and_query().map_or("/", |p| p.as_str()));
-    if !req
-        .headers
-        .iter()
-        .any(|(k, _)| k.eq_ignore_ascii_case("host"))
-    {
-        if let Some(authority) = uri.authority() {
-            builder = builder.header("host", authority.as_str());
-        }
-    }
-    for (k, v) in &req.headers {
-        builder = builder.header(k.as_str(), v.as_str());
-    }
-    builder
-        .body(Full::new(body))
-        .map_err(|e| format!("invalid request: {e}"))
 }
 
 /// A new HTTP/1.1 connection to `address`, its I/O driven by a task of its own.

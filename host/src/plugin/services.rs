@@ -11,9 +11,9 @@ use async_ffi::{FfiFuture, FutureExt};
 use orgloop_plugin_sdk::abi::{
     FfiHttpRequest, FfiHttpResponse, HostBox, HostServices, HostServices_TO,
 };
-use orgloop_plugin_sdk::{new_trace_id, Event, HttpRequest, Level};
+use orgloop_plugin_sdk::{new_trace_id, Event, Level};
 
-use super::http_client::HttpClient;
+use super::http_client::{HttpClient, Prepared};
 
 /// Where a plugin's emitted events go: into its module, which routes them.
 pub type Emitter = Arc<dyn Fn(Event) -> Result<(), String> + Send + Sync>;
@@ -89,7 +89,10 @@ impl HostServices for Services {
     }
 
     fn http(&self, request: FfiHttpRequest) -> FfiFuture<RResult<FfiHttpResponse, RString>> {
-        let request = HttpRequest::from_wire(&request);
+        let request = match Prepared::from_wire(&request) {
+            Ok(request) => request,
+            Err(e) => return std::future::ready(RResult::RErr(e.into())).into_ffi(),
+        };
         // The request runs as a task of its own: hyper keeps the waker of whoever polls a request
         // in state its connection task owns, for as long as the connection lives. The plugin's
         // waker must not end up there (it is plugin code, and the plugin may be unloaded first);
