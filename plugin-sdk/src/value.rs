@@ -100,10 +100,7 @@ impl Doc {
     #[doc(hidden)]
     pub fn object(entries: &[(&str, Part<'_>)]) -> Doc {
         let (nodes, text) = Part::size(entries);
-        let mut b = Builder {
-            nodes: Vec::with_capacity(nodes),
-            text: String::with_capacity(text),
-        };
+        let mut b = Builder::with_capacity(nodes, text);
         b.object(entries);
         b.finish()
     }
@@ -460,13 +457,17 @@ struct Builder {
 }
 
 impl Builder {
+    fn with_capacity(nodes: usize, text: usize) -> Builder {
+        Builder {
+            nodes: Vec::with_capacity(nodes),
+            text: String::with_capacity(text),
+        }
+    }
+
     /// A builder for a document from `len` bytes of JSON text, sized so that it rarely grows:
     /// its strings fit in `len` bytes, and its nodes average about one per 8 bytes of JSON.
     fn with_text_capacity(len: usize) -> Builder {
-        Builder {
-            nodes: Vec::with_capacity((len / 8).clamp(4, 4096)),
-            text: String::with_capacity(len),
-        }
+        Builder::with_capacity((len / 8).clamp(4, 4096), len)
     }
 
     fn finish(self) -> Doc {

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::HOST;
+use hyper::http::uri::Authority;
 use hyper_util::rt::TokioIo;
 use orgloop_plugin_sdk::abi::FfiHttpRequest;
 use orgloop_plugin_sdk::HttpResponse;
@@ -81,12 +82,9 @@ impl HttpClient {
     }
 
     async fn exchange(&self, req: Prepared) -> Result<HttpResponse, String> {
-        let Some(authority) = req.url.authority() else {
-            return Err(format!("URL {} has no host", req.url)); // checked by `from_wire`
-        };
-        let address: Cow<str> = match authority.port_u16() {
-            Some(_) => authority.as_str().into(),
-            None => format!("{}:80", authority.host()).into(),
+        let address: Cow<str> = match req.authority.port_u16() {
+            Some(_) => req.authority.as_str().into(),
+            None => format!("{}:80", req.authority.host()).into(),
         };
         let host = self.host(&address);
         let _slot = host
@@ -154,7 +152,9 @@ impl HttpClient {
 pub struct Prepared {
     /// Method, the URI as sent (path and query only) and the headers, `Host` included.
     head: hyper::http::request::Parts,
-    /// The whole URL: where to connect, and what messages name.
+    /// Where to connect (a part of `url`, which shares its bytes).
+    authority: Authority,
+    /// The whole URL, for messages.
     url: hyper::Uri,
     body: Bytes,
     timeout: Duration,
@@ -178,7 +178,8 @@ impl Prepared {
         }
         let authority = uri
             .authority()
-            .ok_or_else(|| format!("URL {url:?} has no host"))?;
+            .ok_or_else(|| format!("URL {url:?} has no host"))?
+            .clone();
         let mut builder = hyper::Request::builder()
             .method(r.method.as_str())
             .uri(uri.path_and_query().map_or("/", |p| p.as_str()));
@@ -198,6 +199,7 @@ impl Prepared {
             .into_parts();
         Ok(Prepared {
             head,
+            authority,
             url: uri,
             body: Bytes::copy_from_slice(&r.body),
             timeout: Duration::from_millis(r.timeout_ms),
